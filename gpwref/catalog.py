@@ -1,0 +1,114 @@
+"""The catalog: one small frozen entry per loss. Tests, benchmarks, the CLI and the docs iterate it.
+
+A new loss is one module in ``gpwref/losses/`` (formula docstring + ``value_and_grad``) plus one
+entry here. An entry declares; it does not check (the checks are templates in ``tests/`` and
+``verification/`` that run over every entry).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+from .errors import GpwrefError
+from .losses import multi_similarity
+
+
+@dataclass(frozen=True)
+class Hyper:
+    """A hyper-parameter's rule, as text for error messages and as a predicate."""
+
+    rule: str
+    check: Callable[[object], bool]
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def positive() -> Hyper:
+    return Hyper("a finite number > 0", lambda v: _is_real(v) and v > 0)
+
+
+def non_negative() -> Hyper:
+    return Hyper("a finite number >= 0", lambda v: _is_real(v) and v >= 0)
+
+
+def real() -> Hyper:
+    return Hyper("a finite number", _is_real)
+
+
+def optional_non_negative() -> Hyper:
+    return Hyper("None (no mining) or a finite number >= 0", lambda v: v is None or (_is_real(v) and v >= 0))
+
+
+def positive_int() -> Hyper:
+    return Hyper("an integer >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1)
+
+
+def one_of(*choices: object) -> Hyper:
+    return Hyper(f"one of {list(choices)}", lambda v: v in choices)
+
+
+@dataclass(frozen=True)
+class LossEntry:
+    name: str
+    function: Callable  # value_and_grad(S, pairs, profile, **hyper) -> PairResult
+    hyper: Mapping[str, Hyper]
+    defaults: Mapping[str, Mapping[str, object]]  # profile name -> hyper-parameter defaults
+    reference: str
+    similarities: tuple[str, ...]  # which of "self", "negative-relative", "positive-relative" the weights use
+    gpw_sign: bool = True  # G <= 0 on positives and >= 0 on negatives
+    supports_ref: bool = True
+    variants: tuple[Mapping[str, object], ...] = ({},)  # hyper overrides that `verify` runs as separate rows
+    limits: str = ""  # known limits, with reasons
+
+    @property
+    def doc(self) -> str:
+        import inspect
+
+        return inspect.getmodule(self.function).__doc__ or ""
+
+
+CATALOG: tuple[LossEntry, ...] = (
+    LossEntry(
+        name="multi_similarity",
+        function=multi_similarity.value_and_grad,
+        hyper={"alpha": positive(), "beta": positive(), "lam": real(), "eps": optional_non_negative()},
+        defaults={
+            "paper": {"alpha": 2.0, "beta": 50.0, "lam": 0.5, "eps": 0.1},
+            "official": {"alpha": 2.0, "beta": 40.0, "lam": 0.5, "eps": 0.1},
+            "pml": {"alpha": 2.0, "beta": 50.0, "lam": 0.5, "eps": None},
+        },
+        reference="Wang, Han, Huang, Dong, Scott. Multi-Similarity Loss with General Pair Weighting for Deep Metric Learning. CVPR 2019",
+        similarities=("self", "negative-relative", "positive-relative"),
+        variants=({}, {"eps": None}),
+    ),
+)
+
+LOSSES: tuple[str, ...] = tuple(entry.name for entry in CATALOG)
+
+
+def get_entry(loss: str) -> LossEntry:
+    for entry in CATALOG:
+        if entry.name == loss:
+            return entry
+    raise GpwrefError("loss", f"must be one of {list(LOSSES)}", repr(loss))
+
+
+def resolve_hyper(entry: LossEntry, profile_name: str, overrides: Mapping[str, object]) -> dict[str, object]:
+    if profile_name not in entry.defaults:
+        raise GpwrefError(
+            "profile",
+            f"loss '{entry.name}' has no '{profile_name}' convention; it is defined under {sorted(entry.defaults)}",
+        )
+    params = dict(entry.defaults[profile_name])
+    for key, value in overrides.items():
+        if key not in entry.hyper:
+            raise GpwrefError(key, f"is not a hyper-parameter of '{entry.name}'; accepted: {sorted(entry.hyper)}")
+        params[key] = value
+    for key, value in params.items():
+        if not entry.hyper[key].check(value):
+            raise GpwrefError(key, f"'{entry.name}' needs {entry.hyper[key].rule}", repr(value))
+    return params

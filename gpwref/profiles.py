@@ -1,0 +1,164 @@
+"""Convention profiles: the rules on which implementations of "the same loss" differ, as plain data.
+
+A profile names every cross-cutting rule (how the self pair is recognised, what happens to an anchor
+whose mined set is empty, how the mining inequality is evaluated, ...). Hyper-parameter defaults and
+loss-specific variants live beside each loss in the catalog (``LossEntry.defaults[profile]``), so
+adding a loss never touches this file. ``Profile.table()`` prints a profile; ``diff(a, b)`` lists
+the rules and defaults on which two profiles differ.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Mapping
+
+from .errors import GpwrefError
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    # Which same-label pairs are "self" and never pairs.
+    #   "index": the pair (i, i) when the reference set is the batch (and ``ref_self`` pairs otherwise).
+    #   "value": additionally every same-label pair with S >= self_threshold (official MS code).
+    self_rule: str
+    self_threshold: float | None
+    # An anchor with no positive or no negative at all (before mining):
+    #   "allow": the loss defines its contribution (usually an empty sum); "raise": GpwrefError.
+    degenerate: str
+    # An anchor whose mined positive set or mined negative set is empty:
+    #   "keep": the non-empty half still counts; "skip_anchor": the anchor contributes nothing.
+    empty_mined: str
+    # How the MS mining inequality is evaluated in floating point (identical in exact arithmetic):
+    #   "shift_extreme": S_ij > min_pos - eps,  S_ij < max_neg + eps   (the paper's formula)
+    #   "shift_pair":    S_ij + eps > min_pos,  S_ij - eps < max_neg   (official code and PML)
+    mining_compare: str
+    # PML's GenericPairLoss returns a zero loss when every pair index list has length <= 1.
+    zero_if_at_most_one_pair: bool
+    # Log-sum-exp over an empty set: "neg_inf" (mathematical) or "zero" (PML's masked logsumexp).
+    empty_lse: str
+    sources: Mapping[str, str]
+
+    def rules(self) -> dict[str, object]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("name", "description", "sources")}
+
+    def table(self) -> str:
+        from .catalog import CATALOG
+
+        lines = [f"profile {self.name}: {self.description}", "", "rule | value | where seen", "--- | --- | ---"]
+        for key, value in self.rules().items():
+            lines.append(f"{key} | {value} | {self.sources.get(key, '')}")
+        lines += ["", "loss | defaults", "--- | ---"]
+        for entry in CATALOG:
+            if self.name in entry.defaults:
+                lines.append(f"{entry.name} | {_format_mapping(entry.defaults[self.name])}")
+        return "\n".join(lines)
+
+
+def _format_mapping(mapping: Mapping[str, object]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in mapping.items())
+
+
+PAPER = Profile(
+    name="paper",
+    description="the formulas as the MS paper (Wang et al., CVPR 2019) writes them",
+    self_rule="index",
+    self_threshold=None,
+    degenerate="allow",
+    empty_mined="keep",
+    mining_compare="shift_extreme",
+    zero_if_at_most_one_pair=False,
+    empty_lse="neg_inf",
+    sources={
+        "self_rule": "SPEC.md: P_i = {j : y_j = y_i, j != i}",
+        "empty_mined": "paper Eq. for L_MS: an empty kept set gives log(1 + 0) = 0",
+        "mining_compare": "paper mining rule: S_ij > min S_ik - eps, S_ij < max S_ik + eps",
+    },
+)
+
+OFFICIAL = Profile(
+    name="official",
+    description="the official MS-loss code's semantics (MalongTech/research-ms-loss @8db6c9c)",
+    self_rule="value",
+    self_threshold=1.0 - 1e-5,
+    degenerate="raise",
+    empty_mined="skip_anchor",
+    mining_compare="shift_pair",
+    zero_if_at_most_one_pair=False,
+    empty_lse="neg_inf",
+    sources={
+        "self_rule": "ret_benchmark/losses/multi_similarity_loss.py:35 (pos_pair_ < 1 - epsilon)",
+        "degenerate": "multi_similarity_loss.py:38-39 (min()/max() of an empty tensor raises)",
+        "empty_mined": "multi_similarity_loss.py:41-42 (continue when a mined set is empty)",
+        "mining_compare": "multi_similarity_loss.py:38-39 (neg + margin > min(pos), pos - margin < max(neg))",
+    },
+)
+
+PML = Profile(
+    name="pml",
+    description="pytorch-metric-learning 2.x semantics and defaults",
+    self_rule="index",
+    self_threshold=None,
+    degenerate="allow",
+    empty_mined="keep",
+    mining_compare="shift_pair",
+    zero_if_at_most_one_pair=True,
+    empty_lse="zero",
+    sources={
+        "self_rule": "utils/loss_and_miner_utils.py get_matches_and_diffs (diagonal only when ref_labels is labels)",
+        "empty_mined": "losses/multi_similarity_loss.py: masked logsumexp per half, MeanReducer",
+        "mining_compare": "miners/multi_similarity_miner.py (pos - eps < max_neg, neg + eps > min_pos)",
+        "zero_if_at_most_one_pair": "losses/generic_pair_loss.py compute_loss",
+        "empty_lse": "utils/loss_and_miner_utils.py logsumexp (rows with no kept entry give 0)",
+    },
+)
+
+PROFILES: Mapping[str, Profile] = {p.name: p for p in (PAPER, OFFICIAL, PML)}
+
+
+def get_profile(profile: "str | Profile") -> Profile:
+    if isinstance(profile, Profile):
+        return profile
+    if profile not in PROFILES:
+        raise GpwrefError("profile", f"must be one of {sorted(PROFILES)}", repr(profile))
+    return PROFILES[profile]
+
+
+def diff(a: "str | Profile", b: "str | Profile") -> list[tuple[str, str, object, object]]:
+    """Rows (what, key, value in a, value in b) on which two profiles differ.
+
+    ``what`` is "rule" for a cross-cutting rule, or a loss name for that loss's defaults
+    ("(absent)" where a profile does not define the loss).
+    """
+    from .catalog import CATALOG
+
+    pa, pb = get_profile(a), get_profile(b)
+    rows: list[tuple[str, str, object, object]] = []
+    ra, rb = pa.rules(), pb.rules()
+    for key in ra:
+        if ra[key] != rb[key]:
+            rows.append(("rule", key, ra[key], rb[key]))
+    absent = "(absent)"
+    for entry in CATALOG:
+        da, db = entry.defaults.get(pa.name), entry.defaults.get(pb.name)
+        if da is None and db is None:
+            continue
+        if da is None or db is None:
+            rows.append((entry.name, "defined", da is not None, db is not None))
+            continue
+        for key in sorted(set(da) | set(db)):
+            va, vb = da.get(key, absent), db.get(key, absent)
+            if va != vb:
+                rows.append((entry.name, key, va, vb))
+    return rows
+
+
+def format_diff(a: "str | Profile", b: "str | Profile") -> str:
+    pa, pb = get_profile(a), get_profile(b)
+    rows = diff(pa, pb)
+    lines = [f"what | key | {pa.name} | {pb.name}", "--- | --- | --- | ---"]
+    lines += [f"{w} | {k} | {va} | {vb}" for w, k, va, vb in rows]
+    if not rows:
+        lines.append("(no difference)")
+    return "\n".join(lines)
