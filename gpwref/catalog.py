@@ -63,6 +63,8 @@ class LossEntry:
     supports_ref: bool = True
     variants: tuple[Mapping[str, object], ...] = ({},)  # hyper overrides that `verify` runs as separate rows
     limits: str = ""  # known limits, with reasons
+    boundary_param: str | None = None  # the hyper-parameter a drawn batch's exact-boundary value sets
+    family: str = "pair"  # "pair" (sample-sample), "proxy" (sample-proxy), "ranking", "other"
 
     @property
     def doc(self) -> str:
@@ -84,7 +86,9 @@ CATALOG: tuple[LossEntry, ...] = (
         reference="Wang, Han, Huang, Dong, Scott. Multi-Similarity Loss with General Pair Weighting for Deep Metric Learning. CVPR 2019",
         similarities=("self", "negative-relative", "positive-relative"),
         variants=({}, {"eps": None}),
+        boundary_param="eps",
     ),
+    # --- new entries above this line (one LossEntry per loss; keep this marker) ---
 )
 
 LOSSES: tuple[str, ...] = tuple(entry.name for entry in CATALOG)
