@@ -63,7 +63,10 @@ def compute(
         V, ref_norms = (U, norms) if ref_is_batch else unit_rows(R, "ref")
     else:
         U, norms, V, ref_norms = X, None, R, None
-    S = U @ V.T
+    with np.errstate(over="ignore", invalid="ignore"):
+        S = U @ V.T
+    if not np.all(np.isfinite(S)):
+        raise GpwrefError("embeddings", "with normalize=False the similarities X ref^T overflow float64; scale the rows down or normalise them")
     pairs = build_pairs(S, y, yr, ref_is_batch, prof, ref_self)
     check_degenerate(pairs, prof, entry.name)
     pair_result: PairResult = entry.function(S, pairs, prof, **params)

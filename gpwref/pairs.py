@@ -63,11 +63,14 @@ class Pairs:
 
 
 def unit_rows(X: np.ndarray, argument: str) -> tuple[np.ndarray, np.ndarray]:
-    norms = np.sqrt(np.einsum("ij,ij->i", X, X))
-    if np.any(norms == 0.0):
-        row = int(np.argmax(norms == 0.0))
+    """Rows divided by their L2 norms, and the norms; scaled first so that no square over/underflows."""
+    largest = np.max(np.abs(X), axis=1)
+    if np.any(largest == 0.0):
+        row = int(np.argmax(largest == 0.0))
         raise GpwrefError(argument, "rows must have non-zero norm to be L2-normalised (or pass normalize=False)", f"row {row} is all zeros")
-    return X / norms[:, None], norms
+    scaled = X / largest[:, None]
+    scaled_norms = np.sqrt(np.einsum("ij,ij->i", scaled, scaled))
+    return scaled / scaled_norms[:, None], largest * scaled_norms
 
 
 def build_pairs(
