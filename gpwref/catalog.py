@@ -13,6 +13,7 @@ from typing import Callable, Mapping
 
 from .errors import GpwrefError
 from .losses import multi_similarity
+from .losses import histogram, lifted_structure, npair
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,73 @@ CATALOG: tuple[LossEntry, ...] = (
         similarities=("self", "negative-relative", "positive-relative"),
         variants=({}, {"eps": None}),
         boundary_param="eps",
+    ),
+    LossEntry(
+        name="lifted_structure",
+        function=lifted_structure.value_and_grad,
+        hyper={
+            "form": one_of(*lifted_structure.FORMS),
+            "distance": Hyper(
+                f"one of {list(lifted_structure.DISTANCES)}, or a mapping {{'song': .., 'generalized': ..}} of them",
+                lambda v: lifted_structure.is_per_form(v, lambda x: x in lifted_structure.DISTANCES),
+            ),
+            "pos_margin": Hyper("a finite number, or a mapping {'song': .., 'generalized': ..} of them",
+                                lambda v: lifted_structure.is_per_form(v, _is_real)),
+            "neg_margin": Hyper("a finite number, or a mapping {'song': .., 'generalized': ..} of them",
+                                lambda v: lifted_structure.is_per_form(v, _is_real)),
+        },
+        defaults={
+            "paper": {
+                "form": "song",
+                "distance": {"song": "euclidean", "generalized": "cosine"},
+                "pos_margin": {"song": 0.0, "generalized": 1.0},
+                "neg_margin": {"song": 1.0, "generalized": 0.0},
+            },
+            "pml": {"form": "song", "distance": "euclidean", "pos_margin": 0.0, "neg_margin": 1.0},
+        },
+        reference="Song, Xiang, Jegelka, Savarese. Deep Metric Learning via Lifted Structured Feature Embedding. "
+        "CVPR 2016; generalized: Hermans, Beyer, Leibe. In Defense of the Triplet Loss. arXiv 2017, and the MS "
+        "paper's form (Wang et al. CVPR 2019)",
+        similarities=("self", "negative-relative"),
+        supports_ref=False,
+        variants=({"form": "song"}, {"form": "generalized"}),
+        limits="batch only: Song's J_ij uses the negatives of the positive j as an anchor, which a reference item "
+        "does not have (the generalized form shares the entry); song weights use self (D_ap) and negative-relative "
+        "similarity, generalized only negative-relative; euclidean distances come from S, so pairs with "
+        "2 - 2S <= 1e-12 are duplicates (D = 0, zero weight)",
+    ),
+    LossEntry(
+        name="npair",
+        function=npair.value_and_grad,
+        hyper={},
+        defaults={"paper": {}, "pml": {}},
+        reference="Sohn. Improved Deep Metric Learning with Multi-class N-pair Loss Objective. NeurIPS 2016 "
+        "(pair choice and cosines as pytorch-metric-learning NPairsLoss)",
+        similarities=("negative-relative",),
+        supports_ref=False,
+        limits="batch only: one (anchor, positive) pair per class is chosen inside the batch and each chosen "
+        "positive is every other anchor's negative; Sohn's L2 regulariser acts on raw embedding norms, not on S, "
+        "and is left to the caller",
+    ),
+    LossEntry(
+        name="histogram",
+        function=histogram.value_and_grad,
+        hyper={
+            "n_bins": positive_int(),
+            "pair_rule": one_of("all", "triplets"),
+            "node_precision": one_of("float64", "float32"),
+        },
+        defaults={
+            "paper": {"n_bins": 100, "pair_rule": "all", "node_precision": "float64"},
+            "pml": {"n_bins": 100, "pair_rule": "triplets", "node_precision": "float32"},
+        },
+        reference="Ustinova, Lempitsky. Learning Deep Embeddings with Histogram Loss. NeurIPS 2016 "
+        "(discretisation as pytorch-metric-learning HistogramLoss)",
+        similarities=("positive-relative",),
+        variants=({}, {"n_bins": 4}),
+        limits="G is piecewise constant and jumps at the nodes (a pair on a node takes the bin starting there); "
+        "under node_precision='float32' (PML) L itself jumps by ~1e-6 relative at the nodes; pair similarities "
+        "must lie in [-1, 1] (cosines); s = 1 lies in the last bin (PML crashes there)",
     ),
     # --- new entries above this line (one LossEntry per loss; keep this marker) ---
 )
