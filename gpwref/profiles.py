@@ -125,22 +125,24 @@ def get_profile(profile: "str | Profile") -> Profile:
     return PROFILES[profile]
 
 
-def diff(a: "str | Profile", b: "str | Profile") -> list[tuple[str, str, object, object]]:
+def diff(a: "str | Profile", b: "str | Profile", *, loss: str | None = None) -> list[tuple[str, str, object, object]]:
     """Rows (what, key, value in a, value in b) on which two profiles differ.
 
     ``what`` is "rule" for a cross-cutting rule, or a loss name for that loss's defaults
-    ("(absent)" where a profile does not define the loss).
+    ("(absent)" where a profile does not define the loss; key "defined" where only one profile
+    defines it). ``loss`` keeps the rules and that one loss's defaults.
     """
-    from .catalog import CATALOG
+    from .catalog import CATALOG, get_entry
 
     pa, pb = get_profile(a), get_profile(b)
+    entries = CATALOG if loss is None else (get_entry(loss),)
     rows: list[tuple[str, str, object, object]] = []
     ra, rb = pa.rules(), pb.rules()
     for key in ra:
         if ra[key] != rb[key]:
             rows.append(("rule", key, ra[key], rb[key]))
     absent = "(absent)"
-    for entry in CATALOG:
+    for entry in entries:
         da, db = entry.defaults.get(pa.name), entry.defaults.get(pb.name)
         if da is None and db is None:
             continue
@@ -154,11 +156,19 @@ def diff(a: "str | Profile", b: "str | Profile") -> list[tuple[str, str, object,
     return rows
 
 
-def format_diff(a: "str | Profile", b: "str | Profile") -> str:
+def format_diff(a: "str | Profile", b: "str | Profile", *, loss: str | None = None) -> str:
+    """``diff`` as a Markdown table, with where each rule was seen (``Profile.sources``)."""
     pa, pb = get_profile(a), get_profile(b)
-    rows = diff(pa, pb)
-    lines = [f"what | key | {pa.name} | {pb.name}", "--- | --- | --- | ---"]
-    lines += [f"{w} | {k} | {va} | {vb}" for w, k, va, vb in rows]
+    rows = diff(pa, pb, loss=loss)
+    lines = [f"what | key | {pa.name} | {pb.name} | where seen", "--- | --- | --- | --- | ---"]
+    for what, key, va, vb in rows:
+        if key == "defined":
+            va, vb = ("defined" if va else "absent"), ("defined" if vb else "absent")
+        source = "self_rule" if key == "self_threshold" else key  # the threshold belongs to the self rule
+        where = "; ".join(f"{p.name}: {p.sources[source]}" for p in (pa, pb) if what == "rule" and source in p.sources)
+        if what != "rule":
+            where = "the loss's catalog entry" + (" (defaults under one profile only)" if key == "defined" else " (defaults)")
+        lines.append(f"{what} | {key} | {va} | {vb} | {where}")
     if not rows:
-        lines.append("(no difference)")
+        lines.append("(no difference) | | | |")
     return "\n".join(lines)

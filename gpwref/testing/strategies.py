@@ -1,21 +1,40 @@
 """Batches for testing pair losses, with every edge case of SPEC.md as a named knob.
 
 ``make_batch(rng, ...)`` draws one batch from a NumPy generator (no hypothesis needed: ``gpwref
-verify`` uses it); ``batches(...)`` is the hypothesis strategy built on it. Knobs take ``True``
-(force the edge case), ``False`` (avoid it) or ``None`` (let the draw decide):
+verify`` and ``assert_loss_matches`` without hypothesis use it); ``batches(...)`` is the hypothesis
+strategy built on it. Every knob is validated when the strategy is built, not when it is drawn.
+Edge-case knobs take ``True`` (force the edge case), ``False`` (avoid it) or ``None`` (let the draw
+decide):
 
 * ``singletons``: some classes have exactly one sample (anchors with no positive);
-* ``one_class``: every sample has the same label (no negative anywhere);
+* ``one_class``: every sample has the same label (no negative anywhere); ``False`` splits a batch
+  drawn as one class by chance into two (when m >= 2, or m >= 4 with ``singletons=False``);
 * ``ties``: all embeddings identical, so every pair is tied (S all equal);
 * ``duplicates``: some rows are exact copies of others (same or different class);
 * ``on_boundary``: a pair sits exactly on an MS mining boundary for the returned ``boundary_eps``
-  (dyadic embeddings, ``normalize=False``, so S and S +- eps are exact in floating point);
+  (dyadic embeddings, so S and S +- eps are exact in floating point);
 * ``with_ref``: a separate reference set (memory bank) is returned; ``ref_includes_batch`` puts
   the batch's own rows inside it and fills ``ref_self``.
+
+Sizes: ``m`` (batch rows), ``d`` (dimension) and ``classes`` take an int or an inclusive
+``(low, high)`` range; m = 1 is an edge case of its own (``m=1``).
+
+Two more knobs shape the numbers rather than the structure:
+
+* ``normalize``: ``None`` (default, as before): ``Batch.normalize`` is True except for boundary
+  batches, whose raw dyadic rows are used as given. ``True``: every batch is meant for a loss that
+  L2-normalises its input; boundary batches then use rows of norm exactly 1 (four entries of
+  +-1/2, or one of +-1), so normalising is exact and S lies on the grid of multiples of 1/4.
+  ``False``: every batch is used as given (``Batch.normalize`` False).
+* ``boundary_eps``: a float; the batch then has a pair exactly on the MS mining boundary *for this
+  eps* (a negative at min_pos - eps or a positive at max_neg + eps), so that a candidate built with
+  that eps meets the boundary. It must lie on the batch's exact grid: a multiple of 1/4 with
+  ``normalize=True`` (and d >= 5), of 1/16 otherwise, at most 1.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,26 +66,64 @@ class Batch:
 
 
 _KNOBS = ("singletons", "one_class", "ties", "duplicates", "on_boundary", "with_ref", "ref_includes_batch")
+_DTYPES = (np.dtype(np.float64), np.dtype(np.float32), np.dtype(np.float16))
+_BOUNDARY_TRIES = 2000
 
 
-def _validate(m, d, classes, dtype, knobs) -> None:
+def _range(name: str, value, *, allow_none: bool = False) -> tuple[int, int] | None:
+    if value is None and allow_none:
+        return None
+    lo, hi = value if isinstance(value, tuple) and len(value) == 2 else (value, value)
+    if not (isinstance(lo, int) and isinstance(hi, int) and not isinstance(lo, bool) and not isinstance(hi, bool) and 1 <= lo <= hi):
+        extra = ", or None" if allow_none else ""
+        raise GpwrefError(name, f"must be an int >= 1 or a (low, high) pair of such ints with low <= high{extra}", repr(value))
+    return lo, hi
+
+
+def _validate(m, d, classes, dtype, knobs, normalize=None, boundary_eps=None) -> None:
     for name, value in knobs.items():
-        if value not in (None, True, False):
+        if value not in (None, True, False) or isinstance(value, (int, float)) and not isinstance(value, bool):
             raise GpwrefError(name, "must be True, False or None (let the draw decide)", repr(value))
-    for name, value in (("m", m), ("d", d)):
-        lo, hi = value if isinstance(value, tuple) else (value, value)
-        if not (isinstance(lo, int) and isinstance(hi, int) and 1 <= lo <= hi):
-            raise GpwrefError(name, "must be an int >= 1 or a (low, high) pair of such ints", repr(value))
-    if classes is not None:
-        lo, hi = classes if isinstance(classes, tuple) else (classes, classes)
-        if not (isinstance(lo, int) and isinstance(hi, int) and 1 <= lo <= hi):
-            raise GpwrefError("classes", "must be an int >= 1, a (low, high) pair, or None", repr(classes))
-    if np.dtype(dtype) not in (np.dtype(np.float64), np.dtype(np.float32)):
-        raise GpwrefError("dtype", "must be float64 or float32", repr(dtype))
+    m_range, d_range = _range("m", m), _range("d", d)
+    class_range = _range("classes", classes, allow_none=True)
+    try:
+        ok_dtype = np.dtype(dtype) in _DTYPES
+    except TypeError:
+        ok_dtype = False
+    if not ok_dtype:
+        raise GpwrefError("dtype", "must be float64, float32 or float16 (NumPy dtypes)", repr(dtype))
+    if normalize not in (None, True, False):
+        raise GpwrefError("normalize", "must be True, False or None (None: boundary batches are used as given, others normalised)", repr(normalize))
     if knobs.get("one_class") and knobs.get("singletons"):
         raise GpwrefError("one_class", "cannot be combined with singletons=True (one class of m samples has no singleton unless m = 1)")
     if knobs.get("ref_includes_batch") and knobs.get("with_ref") is False:
         raise GpwrefError("ref_includes_batch", "needs with_ref (a reference set to include the batch in)")
+    if knobs.get("one_class") and class_range is not None and class_range[0] > 1:
+        raise GpwrefError("one_class", f"cannot be combined with classes={classes!r} (one class means classes = 1)")
+    if knobs.get("on_boundary") and knobs.get("duplicates") is False and normalize and d_range[0] < 4:
+        raise GpwrefError("d", "must be >= 4 for on_boundary=True with duplicates=False and normalize=True "
+                          "(below d = 4 the only unit dyadic rows are the 2d axis vectors, which repeat)", repr(d))
+    if boundary_eps is not None:
+        _validate_boundary_eps(boundary_eps, m_range, d_range, class_range, knobs, normalize)
+
+
+def _validate_boundary_eps(eps, m_range, d_range, class_range, knobs, normalize) -> None:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or not 0 < eps <= 1:
+        raise GpwrefError("boundary_eps", "must be a finite number in (0, 1]", repr(eps))
+    grid = 0.25 if normalize else 1.0 / 16.0
+    if (eps / grid) != round(eps / grid):
+        where = "normalize=True (unit dyadic rows: S is a multiple of 1/4)" if normalize else "raw dyadic rows (S is a multiple of 1/16)"
+        raise GpwrefError("boundary_eps", f"must be a multiple of {grid} with {where}, so that S +- eps is exact", repr(eps))
+    if normalize and d_range[0] < 5:
+        raise GpwrefError("d", "must be >= 5 with boundary_eps and normalize=True (unit rows of four +-1/2 entries: "
+                          "in d = 4 they overlap fully and S is a multiple of 1/2 only)", repr(d_range))
+    if m_range[1] < 3:
+        raise GpwrefError("m", "must allow at least 3 rows with boundary_eps (an anchor, a positive and a negative)", repr(m_range))
+    for name, forbidden in (("on_boundary", False), ("one_class", True), ("ties", True)):
+        if knobs.get(name) is forbidden:
+            raise GpwrefError(name, f"cannot be {forbidden} together with boundary_eps (the batch must have a pair on the boundary)")
+    if class_range is not None and class_range[1] < 2:
+        raise GpwrefError("classes", "must allow at least 2 classes with boundary_eps", repr(class_range))
 
 
 def _pick(rng: np.random.Generator, value, p: float = 0.3) -> bool:
@@ -92,52 +149,92 @@ def make_batch(
     with_ref=None,
     ref_includes_batch=None,
     dtype=np.float64,
+    normalize=None,
+    boundary_eps=None,
 ) -> Batch:
+    """One batch drawn from ``rng`` (knobs: see the module docstring)."""
     knobs = dict(singletons=singletons, one_class=one_class, ties=ties, duplicates=duplicates,
                  on_boundary=on_boundary, with_ref=with_ref, ref_includes_batch=ref_includes_batch)
-    _validate(m, d, classes, dtype, knobs)
+    _validate(m, d, classes, dtype, knobs, normalize, boundary_eps)
+    if boundary_eps is None:
+        return _draw(rng, m, d, classes, knobs, dtype, normalize, None)
+    knobs["on_boundary"] = True
+    if isinstance(m, tuple):
+        m = (max(3, m[0]), m[1])
+    for _ in range(_BOUNDARY_TRIES):
+        batch = _draw(rng, m, d, classes, knobs, dtype, normalize, float(boundary_eps))
+        if batch.boundary_eps is not None:
+            return batch
+    raise GpwrefError(  # pragma: no cover - measured: at most 254 draws (mean 34) over 500 seeds at m = 3, d = 2
+        "boundary_eps", f"no batch with a pair exactly at eps={boundary_eps} was found in {_BOUNDARY_TRIES} draws; use a smaller eps or larger m")
+
+
+def _draw(rng, m, d, classes, knobs, dtype, normalize, target_eps) -> Batch:
     m_, d_ = _size(rng, m), _size(rng, d)
     cases = []
-    if _pick(rng, one_class, 0.1):
+    one_class = _pick(rng, knobs["one_class"], 0.1)
+    if one_class and knobs["one_class"] is None and knobs["singletons"]:
+        one_class = False  # singletons=True is asked for: a random one-class draw would drop it
+    if one_class:
         labels = np.zeros(m_, dtype=np.int64)
         cases.append("one_class")
     else:
-        n_classes = _size(rng, classes) if classes is not None else int(rng.integers(1, max(1, m_ // 2) + 1))
+        if classes is not None:
+            n_classes = _size(rng, classes)
+        elif target_eps is not None:  # a boundary needs an anchor with a positive and a negative
+            n_classes = int(rng.integers(2, max(2, m_ // 2) + 1))
+        else:
+            n_classes = int(rng.integers(1, max(1, m_ // 2) + 1))
         labels = np.sort(rng.integers(0, n_classes, size=m_)).astype(np.int64)
-        if _pick(rng, singletons, 0.3):
+        if _pick(rng, knobs["singletons"], 0.3):
             k = int(rng.integers(1, max(1, m_ // 3) + 1))
             labels[rng.choice(m_, size=k, replace=False)] = 1000 + np.arange(k)
             cases.append("singletons")
-        elif singletons is False:
+        elif knobs["singletons"] is False:
             labels = _without_singletons(labels)
-    boundary = _pick(rng, on_boundary, 0.15)
-    if boundary:
+        if knobs["one_class"] is False and len(np.unique(labels)) == 1 and m_ >= (4 if knobs["singletons"] is False else 2):
+            labels[m_ // 2:] += 1  # drawn as one class by chance: split it in two (no draw consumed)
+    boundary = _pick(rng, knobs["on_boundary"], 0.15)
+    if boundary and normalize is True and d_ < 4 and knobs["duplicates"] is False:
+        boundary = False  # only 2d unit dyadic rows exist below d = 4: they would repeat
+    unit_dyadic = boundary and normalize is True
+    if unit_dyadic:
+        X = _unit_dyadic_rows(rng, m_, d_)
+        batch_normalize = True
+    elif boundary:
         X = rng.integers(-4, 5, size=(m_, d_)).astype(np.float64) / 4.0  # dyadic: exact products
-        normalize = False
+        batch_normalize = bool(normalize)  # None (legacy) and False: used as given
     else:
         X = rng.normal(size=(m_, d_))
         X += 0.5 * rng.normal(size=(labels.max() + 1 if labels.max() < 1000 else 1001, d_))[np.minimum(labels, 1000)]
-        normalize = True
-    if _pick(rng, duplicates, 0.2) and m_ >= 2:
+        batch_normalize = normalize is not False
+    if boundary and knobs["duplicates"] is False:
+        X = _distinct_rows(rng, X, unit_dyadic)
+    if _pick(rng, knobs["duplicates"], 0.2) and m_ >= 2:
         k = int(rng.integers(1, m_ // 2 + 1))
         src = rng.integers(0, m_, size=k)
         dst = rng.choice(m_, size=k, replace=False)
         X[dst] = X[src]
+        if len(np.unique(X, axis=0)) == m_:  # every row was copied onto itself: copy a neighbour instead
+            X[dst[0]] = X[(dst[0] + 1) % m_]
         cases.append("duplicates")
-    if _pick(rng, ties, 0.1):
+    if _pick(rng, knobs["ties"], 0.1):
         X[:] = X[0]
         cases.append("ties")
-    if normalize and np.any(np.linalg.norm(X, axis=1) == 0):
+    if batch_normalize and np.any(np.linalg.norm(X, axis=1) == 0):
         X[np.linalg.norm(X, axis=1) == 0, 0] = 1.0
 
     ref = ref_labels = ref_self = None
-    if _pick(rng, with_ref, 0.25):
+    if _pick(rng, knobs["with_ref"], 0.25):
         n_extra = int(rng.integers(1, 2 * m_ + 1))
         extra_labels = rng.integers(0, labels.max() + 2, size=n_extra).astype(np.int64)
-        extra = (rng.integers(-4, 5, size=(n_extra, d_)) / 4.0) if boundary else rng.normal(size=(n_extra, d_))
-        if normalize and np.any(np.linalg.norm(extra, axis=1) == 0):
+        if unit_dyadic:
+            extra = _unit_dyadic_rows(rng, n_extra, d_)
+        else:
+            extra = (rng.integers(-4, 5, size=(n_extra, d_)) / 4.0) if boundary else rng.normal(size=(n_extra, d_))
+        if batch_normalize and np.any(np.linalg.norm(extra, axis=1) == 0):
             extra[np.linalg.norm(extra, axis=1) == 0, 0] = 1.0
-        if _pick(rng, ref_includes_batch, 0.5):
+        if _pick(rng, knobs["ref_includes_batch"], 0.5):
             ref = np.concatenate([extra, X])
             ref_labels = np.concatenate([extra_labels, labels])
             ref_self = np.arange(m_, dtype=np.int64) + n_extra
@@ -146,15 +243,47 @@ def make_batch(
             ref, ref_labels = extra, extra_labels
         cases.append("with_ref")
 
-    boundary_eps = _boundary_eps(X, labels, ref, ref_labels, ref_self) if boundary else None
+    boundary_eps = None
+    if boundary:
+        found = _boundary_eps(X, labels, ref, ref_labels, ref_self, target_eps)
+        boundary_eps = found if target_eps is None else (target_eps if found else None)
     if boundary_eps is not None:
         cases.append("on_boundary")
+    if "duplicates" not in cases and "ties" not in cases and len(np.unique(X, axis=0)) < m_:
+        cases.append("duplicates")  # dyadic rows can repeat by chance
     if m_ == 1:
         cases.append("m=1")
     X = X.astype(dtype)
     if ref is not None:
         ref = ref.astype(dtype)
-    return Batch(X, labels, ref, ref_labels, ref_self, normalize, boundary_eps, tuple(cases))
+    return Batch(X, labels, ref, ref_labels, ref_self, batch_normalize, boundary_eps, tuple(cases))
+
+
+def _unit_dyadic_rows(rng: np.random.Generator, count: int, d: int) -> np.ndarray:
+    """Rows of norm exactly 1 with dyadic entries: four entries +-1/2 (d >= 4), else one entry +-1.
+
+    Normalising such a row divides by sqrt(1) = 1 exactly, and every product of two rows is a
+    multiple of 1/4 computed without rounding.
+    """
+    rows = np.zeros((count, d))
+    for r in range(count):
+        signs = rng.choice([-1.0, 1.0], size=4)
+        if d >= 4 and rng.random() < 0.8:
+            rows[r, rng.choice(d, size=4, replace=False)] = 0.5 * signs
+        else:
+            rows[r, int(rng.integers(d))] = signs[0]
+    return rows
+
+
+def _distinct_rows(rng: np.random.Generator, X: np.ndarray, unit_dyadic: bool) -> np.ndarray:
+    """Redraw dyadic rows that repeat an earlier row (``duplicates=False``)."""
+    X = X.copy()
+    for r in range(1, X.shape[0]):
+        for _ in range(100):
+            if not np.any(np.all(X[:r] == X[r], axis=1)):
+                break
+            X[r] = _unit_dyadic_rows(rng, 1, X.shape[1])[0] if unit_dyadic else rng.integers(-4, 5, size=X.shape[1]) / 4.0
+    return X
 
 
 def _without_singletons(labels: np.ndarray) -> np.ndarray:
@@ -167,8 +296,11 @@ def _without_singletons(labels: np.ndarray) -> np.ndarray:
     return np.sort(labels)
 
 
-def _boundary_eps(X, labels, ref, ref_labels, ref_self) -> float | None:
-    """An eps > 0 for which some anchor has a negative exactly at min_pos - eps (or a positive at max_neg + eps)."""
+def _boundary_eps(X, labels, ref, ref_labels, ref_self, target: float | None = None):
+    """An eps > 0 for which some anchor has a negative exactly at min_pos - eps (or a positive at max_neg + eps).
+
+    With ``target`` given: True when a pair sits exactly on the boundary for that eps, else False.
+    """
     R, yr = (X, labels) if ref is None else (ref, ref_labels)
     S = X @ R.T
     for i in range(X.shape[0]):
@@ -187,13 +319,18 @@ def _boundary_eps(X, labels, ref, ref_labels, ref_self) -> float | None:
         if not pos.any() or not neg.any():
             continue
         min_pos, max_neg = S[i, pos].min(), S[i, neg].max()
+        if target is not None:
+            # exact in both evaluation orders: every number involved is a dyadic on the grid
+            if np.any(S[i, neg] + target == min_pos) or np.any(S[i, pos] - target == max_neg):
+                return True
+            continue
         below = S[i, neg][S[i, neg] < min_pos]
         if below.size:
             return float(min_pos - below.max())
         above = S[i, pos][S[i, pos] > max_neg]
         if above.size:
             return float(above.min() - max_neg)
-    return None
+    return False if target is not None else None
 
 
 def batches(
@@ -209,12 +346,20 @@ def batches(
     with_ref=None,
     ref_includes_batch=None,
     dtype=np.float64,
+    normalize=None,
+    boundary_eps=None,
 ):
-    """Hypothesis strategy of ``Batch`` records; knobs as in ``make_batch`` (validated eagerly)."""
+    """Hypothesis strategy of ``Batch`` records; knobs as in ``make_batch`` (validated eagerly).
+
+    Hypothesis draws a seed and ``make_batch`` the rest, so the drawn batches are the same as
+    ``make_batch(np.random.default_rng(seed), ...)`` for that seed (a failure can be replayed without
+    hypothesis).
+    """
     from hypothesis import strategies as st
 
     kwargs = dict(m=m, d=d, classes=classes, singletons=singletons, one_class=one_class, ties=ties,
                   duplicates=duplicates, on_boundary=on_boundary, with_ref=with_ref,
-                  ref_includes_batch=ref_includes_batch, dtype=dtype)
-    _validate(m, d, classes, dtype, {k: kwargs[k] for k in _KNOBS})
+                  ref_includes_batch=ref_includes_batch, dtype=dtype, normalize=normalize,
+                  boundary_eps=boundary_eps)
+    _validate(m, d, classes, dtype, {k: kwargs[k] for k in _KNOBS}, normalize, boundary_eps)
     return st.integers(0, 2**32 - 1).map(lambda seed: make_batch(np.random.default_rng(seed), **kwargs))
