@@ -13,6 +13,8 @@ from typing import Callable, Mapping
 
 from .errors import GpwrefError
 from .losses import multi_similarity
+from .losses import circle, margin, nca, ntxent, ranked_list, snr_contrastive, supcon, tuplet_margin
+from .losses import binomial_deviance, contrastive, triplet
 from .losses import histogram, lifted_structure, npair
 
 
@@ -155,6 +157,237 @@ CATALOG: tuple[LossEntry, ...] = (
         limits="G is piecewise constant and jumps at the nodes (a pair on a node takes the bin starting there); "
         "under node_precision='float32' (PML) L itself jumps by ~1e-6 relative at the nodes; pair similarities "
         "must lie in [-1, 1] (cosines); s = 1 lies in the last bin (PML crashes there)",
+    ),
+    LossEntry(
+        name="contrastive",
+        function=contrastive.value_and_grad,
+        hyper={
+            "distance": one_of("cosine", "euclidean"),
+            "pos_margin": Hyper("None (no hinge on positives) or a finite number", lambda v: v is None or _is_real(v)),
+            "neg_margin": real(),
+            "reduction": one_of("anchor_sum", "avg_nonzero"),
+        },
+        defaults={
+            "paper": {"distance": "cosine", "pos_margin": None, "neg_margin": 0.5, "reduction": "anchor_sum"},
+            "pml": {"distance": "euclidean", "pos_margin": 0.0, "neg_margin": 1.0, "reduction": "avg_nonzero"},
+        },
+        reference="Hadsell, Chopra, LeCun. Dimensionality Reduction by Learning an Invariant Mapping. CVPR 2006; "
+        "similarity form: Wang et al. CVPR 2019 (MS paper)",
+        similarities=("self",),
+        variants=(
+            {},
+            {"distance": "cosine", "pos_margin": 1.0, "neg_margin": 0.5, "reduction": "avg_nonzero"},
+            {"distance": "euclidean", "pos_margin": 0.0, "neg_margin": 1.0, "reduction": "anchor_sum"},
+        ),
+        limits="Hadsell's squared terms are not modelled (unsquared hinges only, as PML and the MS paper); "
+        "euclidean distances are computed from S, so pairs with 2 - 2S <= 1e-12 count as duplicates (d = 0)",
+    ),
+    LossEntry(
+        name="triplet",
+        function=triplet.value_and_grad,
+        hyper={
+            "mining": one_of("all", "batch_hard", "semi_hard"),
+            "margin": non_negative(),
+            "distance": one_of("cosine", "euclidean"),
+            "reduction": one_of("mean", "avg_nonzero"),
+            "miner_margin": Hyper("None (the loss margin) or a finite number >= 0", lambda v: v is None or (_is_real(v) and v >= 0)),
+            "semi_hard_bound": one_of("strict", "inclusive"),
+        },
+        defaults={
+            "paper": {"mining": "all", "margin": 0.1, "distance": "cosine", "reduction": "mean",
+                      "miner_margin": None, "semi_hard_bound": "strict"},
+            "pml": {"mining": "all", "margin": 0.05, "distance": "euclidean", "reduction": "avg_nonzero",
+                    "miner_margin": 0.2, "semi_hard_bound": "inclusive"},
+        },
+        reference="Schroff, Kalenichenko, Philbin. FaceNet. CVPR 2015; Hermans, Beyer, Leibe. In Defense of the "
+        "Triplet Loss for Person Re-Identification. arXiv 2017; similarity form: Wang et al. CVPR 2019",
+        similarities=("positive-relative",),
+        variants=({"mining": "all"}, {"mining": "batch_hard"}, {"mining": "semi_hard"}),
+        limits="similarities describe mining='all'/'semi_hard' in the cosine form; batch_hard also selects by "
+        "comparing pairs of the same kind (negative-relative) and distance='euclidean' scales by 1/d (self). "
+        "all/semi_hard loop over anchors on (positives x negatives) blocks of at most 4M entries: memory O(m n), "
+        "time O(sum_i |P_i| |N_i|)",
+        boundary_param="margin",
+    ),
+    LossEntry(
+        name="binomial_deviance",
+        function=binomial_deviance.value_and_grad,
+        hyper={"alpha": positive(), "beta": positive(), "lam": real()},
+        defaults={"paper": {"alpha": 2.0, "beta": 40.0, "lam": 0.5}},
+        reference="Yi, Lei, Liao, Li. Deep Metric Learning for Person Re-Identification. ICPR 2014; "
+        "GPW form: Wang et al. CVPR 2019",
+        similarities=("self",),
+        limits="paper profile only: pytorch-metric-learning (2.x) has no binomial deviance loss; the first MS "
+        "author's code (DeepMetric-XW Binomial.py) differs in its self rule (S < 1) and skips anchors without negatives",
+    ),
+    LossEntry(
+        name="circle",
+        function=circle.value_and_grad,
+        hyper={
+            "m": non_negative(),
+            "gamma": positive(),
+            "reduction": one_of("mean", "avg_nonzero"),
+            "detach_factors": Hyper("True or False", lambda v: isinstance(v, bool)),
+            "softplus_threshold": Hyper("None (exact softplus) or a finite number", lambda v: v is None or _is_real(v)),
+        },
+        defaults={
+            "paper": {"m": 0.4, "gamma": 80.0, "reduction": "mean", "detach_factors": True, "softplus_threshold": None},
+            "pml": {"m": 0.4, "gamma": 80.0, "reduction": "avg_nonzero", "detach_factors": True, "softplus_threshold": 20.0},
+        },
+        reference="Sun, Cheng, Zhang, Zhang, Zheng, Wang, Wei. Circle Loss: A Unified Perspective of Pair Similarity "
+        "Optimization. CVPR 2020",
+        similarities=("self", "negative-relative"),
+        variants=({}, {"reduction": "mean", "softplus_threshold": 20.0}, {"m": 0.25, "gamma": 128.0}),
+        limits="G is the published gradient with the factors a_ij detached (not the derivative of the value; "
+        "detach_factors=False gives that, and it breaks the GPW sign rule); TinyZeaMays' batch-pooled single "
+        "term is not modelled",
+    ),
+    LossEntry(
+        name="supcon",
+        function=supcon.value_and_grad,
+        hyper={
+            "temperature": positive(),
+            "base_temperature": Hyper("None (no factor) or a finite number > 0", lambda v: v is None or (_is_real(v) and v > 0)),
+            "reduction": one_of("sum", "mean", "avg_nonzero"),
+            "log_eps": non_negative(),
+            "require_both_kinds": Hyper("True or False", lambda v: isinstance(v, bool)),
+        },
+        defaults={
+            "paper": {"temperature": 0.1, "base_temperature": None, "reduction": "sum", "log_eps": 0.0, "require_both_kinds": False},
+            "pml": {"temperature": 0.1, "base_temperature": None, "reduction": "avg_nonzero", "log_eps": 0.0, "require_both_kinds": True},
+        },
+        reference="Khosla, Teterwak, Wang, Sarna, Tian, Isola, Maschinot, Liu, Krishnan. Supervised Contrastive "
+        "Learning. NeurIPS 2020",
+        similarities=("self", "negative-relative"),
+        gpw_sign=False,
+        variants=(
+            {},
+            {"temperature": 0.1, "base_temperature": 0.07, "reduction": "mean", "log_eps": 1e-9},
+            {"reduction": "mean"},
+        ),
+        limits="not GPW-signed: a positive whose softmax share exceeds 1/|P_i| gets a positive weight; "
+        "log_eps > 0 (official code) makes G the gradient with the row maximum detached",
+    ),
+    LossEntry(
+        name="ntxent",
+        function=ntxent.value_and_grad,
+        hyper={
+            "temperature": positive(),
+            "denominator": one_of("all", "positive_and_negatives"),
+            "require_both_kinds": Hyper("True or False", lambda v: isinstance(v, bool)),
+        },
+        defaults={
+            "paper": {"temperature": 0.1, "denominator": "all", "require_both_kinds": False},
+            "pml": {"temperature": 0.07, "denominator": "positive_and_negatives", "require_both_kinds": True},
+        },
+        reference="Oord, Li, Vinyals. Representation Learning with Contrastive Predictive Coding. arXiv 2018; "
+        "Chen, Kornblith, Norouzi, Hinton. A Simple Framework for Contrastive Learning of Visual Representations. ICML 2020",
+        similarities=("self", "negative-relative"),
+        gpw_sign=False,
+        variants=({}, {"denominator": "positive_and_negatives"}, {"denominator": "all"}),
+        limits="denominator='all' is not GPW-signed when an anchor has several positives; PML's + finfo.tiny "
+        "inside the log is not modelled (it matters only for softmax shares below 2.2e-308)",
+    ),
+    LossEntry(
+        name="margin",
+        function=margin.value_and_grad,
+        hyper={
+            "margin": non_negative(),
+            "beta": Hyper(
+                "a finite number, or a non-empty {class id (int): finite number} mapping (per-class betas)",
+                lambda v: _is_real(v) or (isinstance(v, Mapping) and len(v) > 0 and all(
+                    isinstance(k, int) and not isinstance(k, bool) and _is_real(x) for k, x in v.items())),
+            ),
+            "nu": non_negative(),
+            "pairing": one_of("pairs", "triplets"),
+            "dist_eps": non_negative(),
+        },
+        defaults={
+            "paper": {"margin": 0.2, "beta": 1.2, "nu": 0.0, "pairing": "pairs", "dist_eps": 0.0},
+            "pml": {"margin": 0.2, "beta": 1.2, "nu": 0.0, "pairing": "triplets", "dist_eps": 0.0},
+        },
+        reference="Wu, Manmatha, Smola, Kraehenbuehl. Sampling Matters in Deep Embedding Learning. ICCV 2017",
+        similarities=("self",),
+        variants=({}, {"nu": 0.1}, {"pairing": "triplets", "nu": 0.05}, {"pairing": "pairs", "dist_eps": 1e-8}),
+        limits="extras['grad_beta'] = dL/dbeta (global or per class); the paper's distance-weighted sampling and the "
+        "official codes' one sampled triplet per anchor are random miners and are not modelled",
+    ),
+    LossEntry(
+        name="nca",
+        function=nca.value_and_grad,
+        hyper={
+            "softmax_scale": positive(),
+            "objective": one_of("log", "expected"),
+            "zero_if_single_row": Hyper("True or False", lambda v: isinstance(v, bool)),
+        },
+        defaults={
+            "paper": {"softmax_scale": 1.0, "objective": "expected", "zero_if_single_row": False},
+            "pml": {"softmax_scale": 1.0, "objective": "log", "zero_if_single_row": True},
+        },
+        reference="Goldberger, Roweis, Hinton, Salakhutdinov. Neighbourhood Components Analysis. NIPS 2004",
+        similarities=("self", "negative-relative"),
+        variants=({}, {"objective": "log"}, {"softmax_scale": 16.0}),
+        limits="PML drops an anchor whose q_i underflows to 0 (softmax_scale above ~186); gpwref keeps it "
+        "(log q_i by log-sum-exp)",
+    ),
+    LossEntry(
+        name="tuplet_margin",
+        function=tuplet_margin.value_and_grad,
+        hyper={
+            "margin_deg": real(),
+            "scale": positive(),
+            "require_both_kinds": Hyper("True or False", lambda v: isinstance(v, bool)),
+        },
+        defaults={
+            "paper": {"margin_deg": 5.73, "scale": 64.0, "require_both_kinds": False},
+            "pml": {"margin_deg": 5.73, "scale": 64.0, "require_both_kinds": True},
+        },
+        reference="Yu, Tao. Deep Metric Learning with Tuplet Margin Loss. ICCV 2019",
+        similarities=("self", "negative-relative"),
+        gpw_sign=False,
+        variants=({}, {"margin_deg": 10.0, "scale": 16.0}),
+        limits="not GPW-signed: a positive pair closer than the margin angle (S > cos(margin)) gets a positive "
+        "weight; positive pairs with |S| within 5e-13 of 1 (or beyond) take theta = 0 or pi with no gradient "
+        "(arccos's slope is infinite there; PML returns inf/NaN)",
+    ),
+    LossEntry(
+        name="ranked_list",
+        function=ranked_list.value_and_grad,
+        hyper={
+            "margin": non_negative(),
+            "alpha": Hyper("None (1 + margin/2) or a finite number", lambda v: v is None or _is_real(v)),
+            "Tp": non_negative(),
+            "Tn": non_negative(),
+            "imbalance": Hyper("a number in [0, 1]", lambda v: _is_real(v) and 0 <= v <= 1),
+            "denominator_eps": non_negative(),
+            "count_zero_distance": Hyper("True or False", lambda v: isinstance(v, bool)),
+        },
+        defaults={
+            "paper": {"margin": 0.4, "alpha": None, "Tp": 0.0, "Tn": 10.0, "imbalance": 0.5,
+                      "denominator_eps": 0.0, "count_zero_distance": True},
+            "pml": {"margin": 0.4, "alpha": None, "Tp": 0.0, "Tn": 10.0, "imbalance": 0.5,
+                    "denominator_eps": 1e-5, "count_zero_distance": False},
+        },
+        reference="Wang, Hua, Kodirov, Hu, Garnier, Robertson. Ranked List Loss for Deep Metric Learning. CVPR 2019",
+        similarities=("self", "negative-relative"),
+        gpw_sign=False,
+        variants=({}, {"Tp": 1.0, "Tn": 2.0, "alpha": 1.1}, {"Tn": 0.0}),
+        limits="not GPW-signed for Tn > 0 (or Tp > 0): the live softmax weights give the least violating "
+        "negatives a negative weight; PML has no margin/Tn defaults (the RLL paper's 0.4 and 10 are used) "
+        "and no reference set",
+    ),
+    LossEntry(
+        name="snr_contrastive",
+        function=snr_contrastive.value_and_grad,
+        hyper={"pos_margin": real(), "neg_margin": real()},
+        defaults={"pml": {"pos_margin": 0.0, "neg_margin": 1.0}},
+        reference="Yuan, Chen, Zhang, Wang, Liu. Signal-To-Noise Ratio: A Robust Distance Metric for Deep Metric "
+        "Learning. CVPR 2019",
+        similarities=("self",),
+        limits="not a function of S alone (the SNR distance uses each row's coordinate mean): gpwref.compute "
+        "refuses it, use gpwref.losses.snr_contrastive.compute; grad_sim holds the means fixed; only PML's "
+        "contrastive form (no zero-mean regulariser, no triplet form)",
+        family="other",
     ),
     # --- new entries above this line (one LossEntry per loss; keep this marker) ---
 )

@@ -76,20 +76,20 @@ def check_case(loss: str, profile: str, hyper: dict, batch: Batch, *, fd: bool =
         report.skipped["gpwref"] = str(error)
         return report
 
-    # autograd on the independent torch formulation: G on a leaf copy of gpwref's own S (so that
-    # losses on D = sqrt(2 - 2S), whose G ~ 1/D, are not compared at an S one ulp away), and value
-    # and dX through torch's own similarity computed from X.
+    # autograd on the independent torch formulation: value and G on a leaf copy of gpwref's own S
+    # (losses on D = sqrt(2 - 2S) have G ~ 1/D, and sums of 1 - S cancel, so an S one ulp away
+    # moves them by ~ulp / (2 - 2S)), and dX end to end through torch's own S computed from X.
     S_leaf = torch.tensor(ours.sim, dtype=torch.float64, requires_grad=True)
     pos, neg = masks(S_leaf, batch.labels, batch.ref_labels, ref_is_batch, profile, batch.ref_self)
-    mod.torch_loss(S_leaf, pos, neg, profile, **params).backward()
+    value_at_our_S = mod.torch_loss(S_leaf, pos, neg, profile, **params)
+    value_at_our_S.backward()
+    report.errors["autograd:value"] = rel_err(ours.loss, value_at_our_S.item())
     report.errors["autograd:G"] = rel_err(ours.grad_sim, S_leaf.grad.numpy())
     X = torch.tensor(batch.embeddings, dtype=torch.float64, requires_grad=True)
     R = None if ref_is_batch else torch.tensor(batch.ref, dtype=torch.float64, requires_grad=True)
     S = similarity(X, R, batch.normalize)
     pos, neg = masks(S, batch.labels, batch.ref_labels, ref_is_batch, profile, batch.ref_self)
-    value = mod.torch_loss(S, pos, neg, profile, **params)
-    value.backward()
-    report.errors["autograd:value"] = rel_err(ours.loss, value.item())
+    mod.torch_loss(S, pos, neg, profile, **params).backward()
     dx_floor = _grad_emb_scale(ours, batch)
     report.errors["autograd:dX"] = rel_err(ours.grad_emb, X.grad.numpy(), dx_floor)
     if R is not None:

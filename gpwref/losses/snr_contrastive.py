@@ -1,0 +1,186 @@
+r"""Signal-to-noise-ratio (SNR) contrastive loss, Yuan, Chen, Zhang, Wang, Liu, CVPR 2019 (PML's form).
+
+The SNR distance of anchor row u_i and reference row v_j (variances over the D embedding
+coordinates, with the same D - 1 correction on top and bottom, so it cancels)::
+
+    d_ij = var(v_j - u_i) / var(u_i) = ( |v_j - u_i|^2 - D (mu_j - mu_i)^2 ) / ( |u_i|^2 - D mu_i^2 )
+
+(mu = a row's coordinate mean; rows are L2-normalised first unless ``normalize=False``, as PML's
+SNRDistance does). The loss is PML's ``SignalToNoiseRatioContrastiveLoss``: a contrastive loss on
+these distances, each kind averaged over its non-zero terms (AvgNonZeroReducer per sub-loss, summed)::
+
+    L = sum_{P} [d_ij - pos_margin]_+ / Z_P  +  sum_{N} [neg_margin - d_ij]_+ / Z_N
+
+(Z_P, Z_N the numbers of terms > 0; a kind with none contributes 0). PML's GenericPairLoss rule
+``zero_if_at_most_one_pair`` applies under the pml profile.
+
+Why it is not a function of S alone: with unit rows, |v_j - u_i|^2 = 2 - 2 S_ij, but the coordinate
+means mu_i, mu_j (and, with ``normalize=False``, the norms) enter too, so d_ij - and the loss - is a
+function of S AND of each row's mean. It therefore cannot run through ``gpwref.compute`` (whose losses
+see only S and the pair masks): use this module's ``compute`` (same arguments and Result). Its
+``grad_sim`` is the GPW weight on S with every row's mean and norm held fixed,
+
+    G_ij = dL/dS_ij = c_ij * (-2 / (|u_i|^2 - D mu_i^2)),   c_ij = 1/Z_P (active positive), -1/Z_N (active negative)
+
+(<= 0 on positives, >= 0 on negatives), while ``grad_emb``/``grad_ref`` are the full gradients,
+including the paths through the means (and norms), so they are NOT (G + G^T) X.
+The paper's zero-mean regulariser (lambda mean_i |sum_k u_ik|) and RDML's triplet form are not
+modelled; PML adds no regulariser by default. An anchor whose coordinates are all equal has
+var(u_i) = 0 and no SNR distance: refused with GpwrefError (PML returns inf/NaN). D = 1 is refused
+(a variance over one coordinate has no D - 1 correction; torch.var returns NaN). A hinge exactly at
+0 is inactive (torch's relu), and so is one within 1e-12 of 0 (``HINGE_TIE``: on exact dyadic inputs
+whose true distance sits on the hinge, rounding of the variances would otherwise decide it).
+Similarities used: self only (each weight depends on its own pair and constants; Z is a count).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import GpwrefError, as_float_matrix, as_labels, check_memory
+from ..pairs import PairResult, Pairs, Result, build_pairs, check_degenerate, unit_rows
+from ..profiles import Profile, get_profile
+
+
+def value_and_grad(S: np.ndarray, pairs: Pairs, profile: Profile, **hyper) -> PairResult:
+    """The catalog's function-of-S entry point: refused, the loss needs the embeddings' means."""
+    raise GpwrefError(
+        "loss",
+        "'snr_contrastive' is not a function of S alone (the SNR distance uses each row's coordinate mean); "
+        "call gpwref.losses.snr_contrastive.compute(embeddings, labels, ...) instead",
+    )
+
+
+def snr_distance(U: np.ndarray, V: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """d (m x n), the anchors' variance denominators |u|^2 - D mu^2 (m,), and the row means (mu_U, mu_V)."""
+    dims = U.shape[1]
+    mean_u, mean_v = U.mean(axis=1), V.mean(axis=1)
+    centred_u = U - mean_u[:, None]
+    denominator = np.einsum("ij,ij->i", centred_u, centred_u)  # = |u|^2 - D mu^2, without cancellation
+    diff = V[None, :, :] - U[:, None, :]
+    centred_diff = diff - diff.mean(axis=2, keepdims=True)
+    numerator = np.einsum("ijk,ijk->ij", centred_diff, centred_diff)
+    return numerator / denominator[:, None], denominator, (mean_u, mean_v, dims)
+
+
+# A hinge argument within this of 0 is exactly 0 (inactive): on exact (dyadic) inputs whose true
+# value sits on the hinge, the rounding of the variances would otherwise decide the sign.
+HINGE_TIE = 1e-12
+
+
+def _snap(t: np.ndarray) -> np.ndarray:
+    return np.where(np.abs(t) <= HINGE_TIE, 0.0, t)
+
+
+def _terms(d: np.ndarray, pairs: Pairs, profile: Profile, pos_margin: float, neg_margin: float):
+    pos, neg = pairs.pos, pairs.neg
+    if profile.zero_if_at_most_one_pair and pos.sum() <= 1 and neg.sum() <= 1:
+        pos, neg = np.zeros_like(pos), np.zeros_like(neg)
+    pos_term = np.where(pos, np.maximum(_snap(d - pos_margin), 0.0), 0.0)
+    neg_term = np.where(neg, np.maximum(_snap(neg_margin - d), 0.0), 0.0)
+    pos_active, neg_active = pos_term > 0, neg_term > 0
+    n_pos, n_neg = int(pos_active.sum()), int(neg_active.sum())
+    pos_scale = 1.0 / n_pos if n_pos else 0.0
+    neg_scale = 1.0 / n_neg if n_neg else 0.0
+    per_anchor = pos_scale * pos_term.sum(axis=1) + neg_scale * neg_term.sum(axis=1)
+    dloss_dd = pos_scale * pos_active - neg_scale * neg_active
+    return per_anchor, dloss_dd, pos_active, neg_active
+
+
+def compute(
+    embeddings,
+    labels,
+    *,
+    profile="pml",
+    ref=None,
+    ref_labels=None,
+    normalize: bool = True,
+    ref_self=None,
+    **hyper,
+) -> Result:
+    """Value, GPW weights (means held fixed), full embedding gradients and used pairs (see module doc)."""
+    from ..catalog import get_entry, resolve_hyper  # the catalog imports this module
+
+    entry = get_entry("snr_contrastive")
+    prof = get_profile(profile)
+    params = resolve_hyper(entry, prof.name, hyper)
+    if not isinstance(normalize, (bool, np.bool_)):
+        raise GpwrefError("normalize", "must be True or False", repr(normalize))
+    X = as_float_matrix(embeddings, "embeddings")
+    m, dims = X.shape
+    if dims < 2:
+        raise GpwrefError("embeddings", "the SNR distance needs at least 2 coordinates (a variance with D - 1 correction)", f"dimension {dims}")
+    y = as_labels(labels, "labels", m, "embeddings")
+    if (ref is None) != (ref_labels is None):
+        raise GpwrefError("ref_labels", "ref and ref_labels must be given together (or neither)")
+    ref_is_batch = ref is None
+    if ref_is_batch:
+        if ref_self is not None:
+            raise GpwrefError("ref_self", "only applies with a reference set (ref=...); the batch's own diagonal is always excluded")
+        R, yr = X, y
+    else:
+        R = as_float_matrix(ref, "ref")
+        if R.shape[1] != dims:
+            raise GpwrefError("ref", f"must have the embeddings' dimension {dims}", f"dimension {R.shape[1]}")
+        yr = as_labels(ref_labels, "ref_labels", R.shape[0], "ref")
+        if ref_self is not None:
+            ref_self = np.asarray(ref_self)
+            if ref_self.shape != (m,) or not np.issubdtype(ref_self.dtype, np.integer) or np.any(ref_self < -1) or np.any(ref_self >= R.shape[0]):
+                raise GpwrefError("ref_self", f"must be an integer array of length {m} with entries in [-1, {R.shape[0] - 1}]", f"{ref_self!r}")
+            ref_self = ref_self.astype(np.int64)
+    check_memory(m, R.shape[0] * dims, 2, "embeddings")
+
+    if normalize:
+        U, norms = unit_rows(X, "embeddings")
+        V, ref_norms = (U, norms) if ref_is_batch else unit_rows(R, "ref")
+    else:
+        U, norms, V, ref_norms = X, None, R, None
+    centred = U - U.mean(axis=1, keepdims=True)
+    flat = np.einsum("ij,ij->i", centred, centred) == 0.0
+    if np.any(flat):
+        raise GpwrefError("embeddings", "every row needs coordinates that are not all equal (var(u_i) = 0 leaves the SNR distance undefined)", f"row {int(np.argmax(flat))}")
+
+    S = U @ V.T
+    pairs = build_pairs(S, y, yr, ref_is_batch, prof, ref_self)
+    check_degenerate(pairs, prof, entry.name)
+    d, denominator, _ = snr_distance(U, V)
+    per_anchor, dloss_dd, pos_active, neg_active = _terms(d, pairs, prof, params["pos_margin"], params["neg_margin"])
+    grad_sim = dloss_dd * (-2.0 / denominator[:, None])
+
+    # Full gradient. With c = dL/dd, n = numerator, q = denominator (both centred sums of squares):
+    # dd_ij/du_i = (-2 cdiff_ij) / q_i - d_ij (2 cu_i) / q_i, dd_ij/dv_j = 2 cdiff_ij / q_i,
+    # where cdiff = (v_j - u_i) centred and cu_i = u_i centred (centring is the mean path).
+    weight = dloss_dd / denominator[:, None]  # c_ij / q_i
+    cu = U - U.mean(axis=1, keepdims=True)
+    cv = V - V.mean(axis=1, keepdims=True)
+    # sum_j w_ij cdiff_ij = sum_j w_ij (cv_j - cu_i)
+    pulled = weight @ cv - weight.sum(axis=1)[:, None] * cu
+    grad_u = -2.0 * pulled - 2.0 * (weight * d).sum(axis=1)[:, None] * cu
+    grad_v = 2.0 * (weight.T @ (-cu) + weight.sum(axis=0)[:, None] * cv)
+    if ref_is_batch:
+        grad_u = grad_u + grad_v
+        grad_v = None
+    if normalize:
+        grad_u = _project(grad_u, U, norms)
+        if grad_v is not None:
+            grad_v = _project(grad_v, V, ref_norms)
+    return Result(
+        loss=float(per_anchor.sum()),
+        per_anchor=per_anchor,
+        grad_sim=grad_sim,
+        pos_used=pos_active,
+        neg_used=neg_active,
+        extras={"snr_distance": d},
+        grad_emb=grad_u,
+        grad_ref=grad_v,
+        sim=S,
+        loss_name=entry.name,
+        profile=prof.name,
+        hyper=params,
+    )
+
+
+def _project(grad_unit: np.ndarray, unit: np.ndarray, norms: np.ndarray) -> np.ndarray:
+    """Through u = v / |v|: dL/dv = (I - u u^T) dL/du / |v|."""
+    radial = np.einsum("ij,ij->i", grad_unit, unit)
+    return (grad_unit - unit * radial[:, None]) / norms[:, None]
