@@ -13,6 +13,14 @@ from typing import Callable, Mapping
 
 from .errors import GpwrefError
 from .losses import multi_similarity
+from .losses import ranknet
+from .losses import pairwise_hinge
+from .losses import bpr
+from .losses import dpsh
+from .losses import pce_bound
+from .losses import m3g
+from .losses import pixel_affinity
+from .losses import paired_domain_transfer
 from .losses import circle, margin, nca, ntxent, ranked_list, snr_contrastive, supcon, tuplet_margin
 from .losses import binomial_deviance, contrastive, triplet
 from .losses import histogram, lifted_structure, npair
@@ -388,6 +396,107 @@ CATALOG: tuple[LossEntry, ...] = (
         "refuses it, use gpwref.losses.snr_contrastive.compute; grad_sim holds the means fixed; only PML's "
         "contrastive form (no zero-mean regulariser, no triplet form)",
         family="other",
+    ),
+    LossEntry(
+        name="ranknet",
+        function=ranknet.value_and_grad,
+        hyper={"sigma": positive(), "reduction": one_of("mean", "mean_nonzero", "sum")},
+        defaults={
+            "paper": {"sigma": 1.0, "reduction": "mean"},
+            "pml": {"sigma": 1.0, "reduction": "mean_nonzero"},
+        },
+        reference="Burges, Shaked, Renshaw, Lazier, Deeds, Hamilton, Hullender. Learning to Rank using Gradient Descent. ICML 2005",
+        similarities=("positive-relative",),
+        variants=({}, {"sigma": 5.0}, {"reduction": "sum"}),
+        family="ranking",
+    ),
+    LossEntry(
+        name="pairwise_hinge",
+        function=pairwise_hinge.value_and_grad,
+        hyper={"margin": non_negative(), "reduction": one_of("mean", "mean_nonzero", "sum")},
+        defaults={
+            "paper": {"margin": 1.0, "reduction": "mean"},
+            "pml": {"margin": 0.05, "reduction": "mean_nonzero"},
+        },
+        reference="Herbrich, Graepel, Obermayer. Large Margin Rank Boundaries for Ordinal Regression. 2000; Joachims. Optimizing Search Engines using Clickthrough Data. KDD 2002",
+        similarities=("positive-relative",),
+        variants=({}, {"margin": 0.1}, {"margin": 0.1, "reduction": "mean_nonzero"}),
+        boundary_param="margin",
+        family="ranking",
+    ),
+    LossEntry(
+        name="bpr",
+        function=bpr.value_and_grad,
+        hyper={"reduction": one_of("sum", "mean", "mean_nonzero")},
+        defaults={"paper": {"reduction": "sum"}},
+        reference="Rendle, Freudenthaler, Gantner, Schmidt-Thieme. BPR: Bayesian Personalized Ranking from Implicit Feedback. UAI 2009",
+        similarities=("positive-relative",),
+        variants=({}, {"reduction": "mean"}),
+        limits="the L2 regulariser of BPR-Opt acts on model parameters and is not part of the pair loss",
+        family="ranking",
+    ),
+    LossEntry(
+        name="dpsh",
+        function=dpsh.value_and_grad,
+        hyper={"reduction": one_of("sum", "mean")},
+        defaults={"paper": {"reduction": "sum"}},
+        reference="Li, Wang, Kang. Feature Learning based Deep Supervised Hashing with Pairwise Labels. IJCAI 2016",
+        similarities=("self",),
+        variants=({}, {"reduction": "mean"}),
+        limits="raw codes (normalize=False) are the paper's setting; the quantisation term is not a pair term",
+        family="pair",
+    ),
+    LossEntry(
+        name="pce_bound",
+        function=pce_bound.value_and_grad,
+        hyper={"lam": positive()},
+        defaults={"paper": {"lam": 1.0}},
+        reference="Boudiaf, Rony, Ziko, Granger, Pedersoli, Piantanida, Ben Ayed. A unifying mutual information view of metric learning: cross-entropy vs. pairwise losses. ECCV 2020",
+        similarities=("self", "negative-relative"),
+        gpw_sign=False,
+        supports_ref=False,
+        variants=({}, {"lam": 0.1}),
+        limits="unit rows only (self terms z_i.z_i taken as 1); the batch is its own reference set; constants as recorded in catalog.md 2.18 [P], bound not confirmed",
+        family="pair",
+    ),
+    LossEntry(
+        name="m3g",
+        function=m3g.value_and_grad,
+        hyper={"eps": positive(), "tol": positive(), "max_iter": positive_int()},
+        defaults={"paper": {"eps": 0.1, "tol": 1e-13, "max_iter": 1000}},
+        reference="Piran, Klein, Thornton, Cuturi. Contrasting Multiple Representations with the Multi-Marginal Matching Gap. ICML 2024",
+        similarities=("negative-relative",),
+        variants=({}, {"eps": 0.5}),
+        limits="two views in the catalog frame (second view as ref, item ids once per view); k views via gpwref.losses.m3g.matching_gap (n^k memory); fixed eps",
+        family="other",
+    ),
+    LossEntry(
+        name="pixel_affinity",
+        function=pixel_affinity.value_and_grad,
+        hyper={
+            "width": Hyper("None (one row of pixels) or an integer >= 1", lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1)),
+            "kernel_size": Hyper("an odd integer >= 3", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 3 and v % 2 == 1),
+            "dilation": positive_int(),
+            "affinity": one_of("cosine", "probability"),
+        },
+        defaults={"paper": {"width": None, "kernel_size": 3, "dilation": 1, "affinity": "cosine"}},
+        reference="Yang, Song, Ge, Li. BoxSnake: Polygonal Instance Segmentation with Box Supervision. ICCV 2023 (BoxInst-form local pairwise term)",
+        similarities=("self",),
+        supports_ref=False,
+        variants=({}, {"width": 3}, {"width": 2, "kernel_size": 3, "dilation": 2}, {"affinity": "probability", "width": 3}),
+        limits="rows are the pixels of one image (row-major, `width` per row); labels are colour-region ids; pulls only; BoxSnake's default |m_i - m_j| term is not a function of S",
+        family="other",
+    ),
+    LossEntry(
+        name="paired_domain_transfer",
+        function=paired_domain_transfer.value_and_grad,
+        hyper={"margin": Hyper("None (pull only) or a finite number", lambda v: v is None or _is_real(v))},
+        defaults={"paper": {"margin": None}},
+        reference="Gupta, Hoffman, Malik. Cross Modal Distillation for Supervision Transfer. CVPR 2016 (paired-embedding L2 transfer, on unit rows)",
+        similarities=("self",),
+        variants=({}, {"margin": 0.3}),
+        limits="unit rows: the raw-feature L2 of the paper is not a function of S; labels are pair ids",
+        family="pair",
     ),
     # --- new entries above this line (one LossEntry per loss; keep this marker) ---
 )

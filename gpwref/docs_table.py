@@ -1,0 +1,114 @@
+"""The catalog table of the docs, generated from the catalog itself (``docs/catalog.md``).
+
+    python -m gpwref.docs_table            write docs/catalog.md
+    python -m gpwref.docs_table --check    exit 1 if docs/catalog.md is not the generated text
+
+One row per catalog entry: loss, family, reference, which of the three similarities its weights
+use (self, negative-relative, positive-relative), whether it obeys the GPW sign rule, its profiles,
+and what it is verified against per profile. "Verified against" is read from the entry's
+``verification/refs/<loss>.py``: ``torch_loss`` means torch autograd in float64 on an independent
+formulation (plus central finite differences, which need nothing but gpwref), ``loop`` a plain
+per-anchor loop, and ``REAL[profile]`` names the real implementations. A refs module that brings its
+own ``check_case`` lists its checks in ``VERIFIED_AGAINST``. Reading the refs modules needs the
+verification extras (torch); without them the column says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from .catalog import CATALOG, LossEntry
+
+DOC_PATH = os.path.join("docs", "catalog.md")
+
+HEADER = """# The gpwref catalog
+
+Generated from `gpwref.CATALOG` and `verification/refs/<loss>.py` by `python -m gpwref.docs_table`;
+do not edit by hand (`tests/test_plots_docs.py` fails when this file is not the generated text).
+
+Columns: *weights use* = which of the MS paper's three similarities the GPW weights G = dL/dS
+depend on (self: S_ij itself; negative-relative: S_ij against the other pairs of the same kind;
+positive-relative: a pair against the pairs of the other kind); *GPW sign* = G <= 0 on positives
+and >= 0 on negatives for every input; *verified against*, per profile: autograd = torch autograd
+in float64 on an independent torch formulation, fd = central finite differences, loop = a plain
+loop written from the closed-form weights, then the real implementations by name.
+"""
+
+
+def _cell(text: str) -> str:
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def verified_against(entry: LossEntry) -> str:
+    """Per profile, the checks that prove the entry (from its refs module)."""
+    try:
+        module = importlib.import_module(f"verification.refs.{entry.name}")
+    except ModuleNotFoundError as error:
+        if error.name and error.name.startswith("verification"):
+            return "no refs module"
+        return f"(needs the verification extras: {error.name})"
+    own = getattr(module, "VERIFIED_AGAINST", None)
+    if hasattr(module, "check_case"):
+        base = list(own) if own else ["own check_case"]
+    else:
+        base = [name for name, present in (("autograd", hasattr(module, "torch_loss")), ("fd", True),
+                                           ("loop", hasattr(module, "loop"))) if present]
+    real = getattr(module, "REAL", {})
+    parts = []
+    for profile in entry.defaults:
+        names = base + sorted(real.get(profile, {}))
+        parts.append(f"{profile}: {', '.join(names)}")
+    return "; ".join(parts)
+
+
+def generate() -> str:
+    lines = [HEADER, "| loss | family | reference | weights use | GPW sign | profiles | verified against |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for entry in CATALOG:
+        lines.append(
+            "| " + " | ".join(_cell(value) for value in (
+                entry.name,
+                entry.family,
+                entry.reference,
+                ", ".join(entry.similarities),
+                "yes" if entry.gpw_sign else "no",
+                ", ".join(entry.defaults),
+                verified_against(entry),
+            )) + " |"
+        )
+    limits = [(entry.name, entry.limits) for entry in CATALOG if entry.limits]
+    if limits:
+        lines += ["", "## Known limits", ""]
+        lines += [f"- **{name}**: {_cell(text)}" for name, text in limits]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gpwref.docs_table", description="Generate the docs' catalog table")
+    parser.add_argument("--out", default=DOC_PATH)
+    parser.add_argument("--check", action="store_true", help="exit 1 when the file differs from the generated text")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    text = generate()
+    if args.check:
+        try:
+            with open(args.out, encoding="utf-8") as handle:
+                current = handle.read()
+        except FileNotFoundError:
+            current = None
+        if current != text:
+            print(f"{args.out} is stale: run python -m gpwref.docs_table", file=sys.stderr)
+            return 1
+        print(f"{args.out} is current")
+        return 0
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    print(f"wrote {args.out} ({len(CATALOG)} losses)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
