@@ -185,7 +185,10 @@ def fd_error(loss: str, profile: str, params: dict, ours, batch: Batch, h: float
         return gpwref.from_similarity(loss, S_, batch.labels, ref_labels, profile=profile, ref_self=ref_self, **params)
 
     G = ours.grad_sim
-    scale = float(np.max(np.abs(G), initial=0.0)) or 1.0
+    # Central differences cannot resolve below their own round-off, about 2^-52 |L| / h (8x for the
+    # few operations on each side): that is the floor of the scale the error is measured against.
+    roundoff = 8 * 2.0**-52 * abs(ours.loss) / h
+    scale = max(float(np.max(np.abs(G), initial=0.0)), roundoff) or 1.0
     worst, compared = 0.0, 0
     for i in range(S.shape[0]):
         for j in range(S.shape[1]):
