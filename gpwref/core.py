@@ -23,6 +23,8 @@ def compute(
     ref_labels=None,
     normalize: bool = True,
     ref_self=None,
+    backend: str = "numpy",
+    dtype=None,
     **hyper,
 ) -> Result:
     """Value, GPW weights ``grad_sim = dL/dS``, embedding gradients and used-pair masks of a loss.
@@ -32,12 +34,21 @@ def compute(
     ``ref_self`` (m,) may name each anchor's own row in ``ref`` (-1: none) so it is not a pair.
     ``normalize=True`` L2-normalises rows first and differentiates through it; ``normalize=False``
     uses the embeddings as given. Hyper-parameters default to the profile's values for this loss.
+
+    ``backend``: "numpy" (the reference, every loss), "numba" (CPU kernels) or "cuda" (Numba CUDA;
+    also takes device arrays, e.g. torch CUDA tensors, without a copy and then returns device
+    arrays); ``dtype``: None (float64) or "float32". See ``gpwref.kernels.backends``.
     """
     entry = get_entry(loss)
     prof = get_profile(profile)
     params = resolve_hyper(entry, prof.name, hyper)
     if not isinstance(normalize, (bool, np.bool_)):
         raise GpwrefError("normalize", "must be True or False", repr(normalize))
+    from .kernels import backends
+
+    work_dtype = backends.select(backend, dtype, entry.name)
+    if backend == "cuda" and (backends.is_device_array(embeddings) or backends.is_device_array(ref)):
+        return backends.run_device(entry, prof, params, embeddings, labels, ref, ref_labels, normalize, ref_self, dtype)
     X = as_float_matrix(embeddings, "embeddings")
     m = X.shape[0]
     y = as_labels(labels, "labels", m, "embeddings")
@@ -57,6 +68,11 @@ def compute(
         yr = as_labels(ref_labels, "ref_labels", R.shape[0], "ref")
         ref_self = _check_ref_self(ref_self, m, R.shape[0])
     check_memory(m, R.shape[0], _PAIR_ARRAYS, "embeddings")
+    if backend != "numpy":
+        return backends.run_host(backend, entry, prof, params, X, y, R, yr, ref_is_batch, ref_self, normalize, work_dtype)
+    if work_dtype != X.dtype:  # the reference's own code, run in float32
+        X = X.astype(work_dtype)
+        R = X if ref_is_batch else R.astype(work_dtype)
 
     if normalize:
         U, norms = unit_rows(X, "embeddings")

@@ -6,7 +6,13 @@ examples, random). Select one with HYPOTHESIS_PROFILE=dev.
 
 import os
 
-from hypothesis import HealthCheck, settings
+# Without an NVIDIA device, CUDA kernels run under Numba's simulator. This must be decided before
+# anything imports numba.cuda, so it is set here, first. On a GPU machine nothing changes and the
+# tests marked `gpu` run on the device.
+if not (os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/nvidia0")):
+    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 settings.register_profile(
     "ci",

@@ -1,0 +1,757 @@
+"""Numba CUDA kernels and the CUDA backend.
+
+Layout of one forward + backward (batch as its own reference; a reference set adds the ``ref``
+rows and a second gradient GEMM):
+
+1. ``unit_rows``      one block per row: |x_i| (tree reduction in float64), u_i = x_i / |x_i|, and a
+                      flag for a non-finite row (device inputs are validated here, not on the host);
+2. ``gemm_nt``        S = U V^T, shared-memory tiles (TILE x TILE threads, one output each);
+3. ``ms_rows``        one block per anchor row: pair kinds, hardest positive/negative, mining,
+                      exponentials, add-one log-sum-exp, G and the kept-pair masks, per-anchor value;
+4. ``gemm_grad``      dL/dU = (G + G^T) U (or G V and G^T U with a reference set); G + G^T is formed
+                      while a tile is loaded into shared memory, in the same order as the CPU's
+                      ``G[i, j] + G[j, i]``;
+5. ``through_norm``   one block per row: dL/dx_i = (g_i - u_i (g_i . u_i)) / |x_i|.
+
+Determinism: no kernel uses atomics. Every reduction is a thread-strided partial sum in a fixed
+order followed by a shared-memory tree in a fixed order, and every output element is written by
+exactly one thread, so two runs on the same device give identical bits (the only mode there is).
+
+The per-pair formulas are ``scalar.py``'s, compiled here with ``cuda.jit(device=True)``; the CPU
+kernels compile the same functions with ``numba.njit``. Sizes: ``THREADS`` threads per row block
+and ``TILE`` x ``TILE`` GEMM tiles; under ``NUMBA_ENABLE_CUDASIM=1`` they default to small values
+(the simulator runs one Python thread per CUDA thread) and no warp-level intrinsic is used, so the
+same kernels run in the simulator.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numba
+import numpy as np
+from numba import cuda
+
+from ..errors import GpwrefError, as_labels
+from ..pairs import Result
+from . import scalar
+
+try:  # numba.cuda decides between the GPU and the simulator from its own config at import
+    from numba.cuda.core import config as _cuda_config
+
+    SIMULATOR = bool(_cuda_config.ENABLE_CUDASIM)
+except ImportError:  # pragma: no cover - older numba-cuda layouts
+    SIMULATOR = bool(numba.config.ENABLE_CUDASIM)
+# Threads per row block and GEMM tile edge (powers of two), and the most blocks a launch uses:
+# kernels stride over rows / tiles by gridDim.x, so the grid may be smaller than the work. On a GPU
+# every row or tile gets its own block; the simulator runs blocks one after another, each costing
+# tens of milliseconds of thread start-up, so there a launch uses two blocks.
+THREADS, TILE, MAX_BLOCKS = (8, 4, 2) if SIMULATOR else (256, 16, 2**31 - 1)
+
+_S = scalar.compile_all(cuda.jit(device=True))
+pair_kind = _S["pair_kind"]
+ms_keep_negative = _S["ms_keep_negative"]
+ms_keep_positive = _S["ms_keep_positive"]
+ms_positive_logit = _S["ms_positive_logit"]
+ms_negative_logit = _S["ms_negative_logit"]
+ms_pair_weight = _S["ms_pair_weight"]
+log1p_sum_exp = _S["log1p_sum_exp"]
+add_one_total = _S["add_one_total"]
+softplus = _S["softplus"]
+logistic = _S["logistic"]
+binomial_positive_logit = _S["binomial_positive_logit"]
+binomial_negative_logit = _S["binomial_negative_logit"]
+contrastive_pair = _S["contrastive_pair"]
+
+POSITIVE = scalar.POSITIVE
+NEGATIVE = scalar.NEGATIVE
+
+
+@functools.lru_cache(maxsize=None)
+def kernels(dtype_name: str, threads: int = THREADS, tile: int = TILE, max_blocks: int = MAX_BLOCKS):
+    """The kernels for one working dtype and launch geometry (compiled lazily, once each)."""
+    if threads & (threads - 1) or tile & (tile - 1):
+        raise ValueError("threads and tile must be powers of two")
+    real = numba.float32 if dtype_name == "float32" else numba.float64
+    real_np = np.float32 if dtype_name == "float32" else np.float64
+    f64 = numba.float64
+    i64 = numba.int64
+    T = tile
+    TP = tile + 1  # padded shared tile: transposed stores hit distinct banks
+
+    @cuda.jit
+    def unit_rows(X, U, norms, bad, normalize):
+        total = cuda.shared.array(threads, f64)
+        finite = cuda.shared.array(threads, i64)
+        t = cuda.threadIdx.x
+        m, d = X.shape
+        for i in range(cuda.blockIdx.x, m, cuda.gridDim.x):
+            acc = 0.0
+            ok = 1
+            for k in range(t, d, threads):
+                x = f64(X[i, k])
+                if math.isinf(x) or math.isnan(x):
+                    ok = 0
+                else:
+                    acc += x * x
+            total[t] = acc
+            finite[t] = ok
+            cuda.syncthreads()
+            step = threads // 2
+            while step > 0:
+                if t < step:
+                    total[t] += total[t + step]
+                    finite[t] = min(finite[t], finite[t + step])
+                cuda.syncthreads()
+                step //= 2
+            norm = math.sqrt(total[0])
+            row_ok = finite[0] == 1
+            if t == 0:
+                norms[i] = norm
+                bad[i] = 0 if row_ok else 1
+            if normalize and norm > 0.0 and row_ok:
+                for k in range(t, d, threads):
+                    U[i, k] = X[i, k] / norm
+            cuda.syncthreads()  # the shared arrays are reused by the next row
+
+    @cuda.jit
+    def gemm_nt(A, B, C):
+        """C = A B^T; a (TILE, TILE) block computes C tiles, striding over them by gridDim.x."""
+        a_tile = cuda.shared.array((T, TP), real)
+        b_tile = cuda.shared.array((T, TP), real)  # b_tile[k, j] = B[j, k]
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        m, d = A.shape
+        n = B.shape[0]
+        tiles_n = (n + T - 1) // T
+        tiles = ((m + T - 1) // T) * tiles_n
+        for tile_id in range(cuda.blockIdx.x, tiles, cuda.gridDim.x):
+            row = (tile_id // tiles_n) * T + ty
+            col0 = (tile_id % tiles_n) * T
+            col = col0 + tx
+            b_row = col0 + ty
+            acc = real_np(0)
+            for k0 in range(0, d, T):
+                k = k0 + tx
+                a_tile[ty, tx] = A[row, k] if (row < m and k < d) else real_np(0)
+                b_tile[tx, ty] = B[b_row, k] if (b_row < n and k < d) else real_np(0)
+                cuda.syncthreads()
+                for kk in range(T):
+                    acc += a_tile[ty, kk] * b_tile[kk, tx]
+                cuda.syncthreads()
+            if row < m and col < n:
+                C[row, col] = acc
+
+    @cuda.jit
+    def gemm_grad(G, B, out, mode):
+        """out = A B with A = G (mode 0), G^T (mode 1) or G + G^T (mode 2, square G)."""
+        a_tile = cuda.shared.array((T, TP), real)
+        b_tile = cuda.shared.array((T, TP), real)
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        rows = out.shape[0]
+        d = out.shape[1]
+        inner = B.shape[0]
+        tiles_d = (d + T - 1) // T
+        tiles = ((rows + T - 1) // T) * tiles_d
+        for tile_id in range(cuda.blockIdx.x, tiles, cuda.gridDim.x):
+            row0 = (tile_id // tiles_d) * T
+            row = row0 + ty
+            col = (tile_id % tiles_d) * T + tx
+            acc = real_np(0)
+            for k0 in range(0, inner, T):
+                if mode == 1:
+                    a_tile[ty, tx] = real_np(0)
+                else:  # A[row, k0 + tx] = G[row, k0 + tx]
+                    a_tile[ty, tx] = G[row, k0 + tx] if (row < rows and k0 + tx < inner) else real_np(0)
+                cuda.syncthreads()
+                if mode != 0:  # A[row0 + tx, k0 + ty] += G[k0 + ty, row0 + tx] (coalesced over tx)
+                    if k0 + ty < inner and row0 + tx < rows:
+                        a_tile[tx, ty] = a_tile[tx, ty] + G[k0 + ty, row0 + tx]
+                b_tile[ty, tx] = B[k0 + ty, col] if (k0 + ty < inner and col < d) else real_np(0)
+                cuda.syncthreads()
+                for kk in range(T):
+                    acc += a_tile[ty, kk] * b_tile[kk, tx]
+                cuda.syncthreads()
+            if row < rows and col < d:
+                out[row, col] = acc
+
+    @cuda.jit
+    def through_norm(grad_unit, U, norms, out):
+        total = cuda.shared.array(threads, f64)
+        t = cuda.threadIdx.x
+        m, d = U.shape
+        for i in range(cuda.blockIdx.x, m, cuda.gridDim.x):
+            acc = 0.0
+            for k in range(t, d, threads):
+                acc += f64(grad_unit[i, k]) * f64(U[i, k])
+            total[t] = acc
+            cuda.syncthreads()
+            step = threads // 2
+            while step > 0:
+                if t < step:
+                    total[t] += total[t + step]
+                cuda.syncthreads()
+                step //= 2
+            radial = total[0]
+            inv_norm = 1.0 / norms[i]
+            for k in range(t, d, threads):
+                out[i, k] = (grad_unit[i, k] - U[i, k] * radial) * inv_norm
+            cuda.syncthreads()
+
+    @cuda.jit
+    def ms_rows(S, labels, ref_labels, self_col, value_rule, self_threshold, mine, eps, compare, skip_empty,
+                alpha, beta, lam, inf, G, pos_used, neg_used, per_anchor, counts):
+        """The MS loss, one anchor row per block (striding by gridDim.x): the passes of
+        ``cpu.ms_row_stats`` then ``cpu.ms_rows`` in one kernel, with block-wide tree reductions in
+        place of the sequential loops (G + G^T is formed later, inside ``gemm_grad``)."""
+        lo = cuda.shared.array(threads, real)
+        hi = cuda.shared.array(threads, real)
+        num_pos = cuda.shared.array(threads, i64)
+        num_neg = cuda.shared.array(threads, i64)
+        sum_p = cuda.shared.array(threads, f64)
+        sum_n = cuda.shared.array(threads, f64)
+        t = cuda.threadIdx.x
+        m, n = S.shape
+        for i in range(cuda.blockIdx.x, m, cuda.gridDim.x):
+            label = labels[i]
+            own = self_col[i]
+            # pass 1: hardest positive and negative, pair counts
+            min_pos = inf
+            max_neg = -inf
+            c_pos = 0
+            c_neg = 0
+            for j in range(t, n, threads):
+                s = S[i, j]
+                kind = pair_kind(s, ref_labels[j] == label, j == own, value_rule, self_threshold)
+                if kind == POSITIVE:
+                    c_pos += 1
+                    if s < min_pos:
+                        min_pos = s
+                elif kind == NEGATIVE:
+                    c_neg += 1
+                    if s > max_neg:
+                        max_neg = s
+            lo[t] = min_pos
+            hi[t] = max_neg
+            num_pos[t] = c_pos
+            num_neg[t] = c_neg
+            cuda.syncthreads()
+            step = threads // 2
+            while step > 0:
+                if t < step:
+                    lo[t] = min(lo[t], lo[t + step])
+                    hi[t] = max(hi[t], hi[t + step])
+                    num_pos[t] += num_pos[t + step]
+                    num_neg[t] += num_neg[t + step]
+                cuda.syncthreads()
+                step //= 2
+            min_pos = lo[0]
+            max_neg = hi[0]
+            n_pos = num_pos[0]
+            n_neg = num_neg[0]
+            any_pos = n_pos > 0 and (not mine or ms_keep_positive(min_pos, max_neg, eps, compare))
+            any_neg = n_neg > 0 and (not mine or ms_keep_negative(max_neg, min_pos, eps, compare))
+            if skip_empty and not (any_pos and any_neg):
+                any_pos = False
+                any_neg = False
+            top_pos = 0.0
+            if any_pos:
+                top_pos = max(ms_positive_logit(f64(min_pos), alpha, lam), 0.0)
+            top_neg = 0.0
+            if any_neg:
+                top_neg = max(ms_negative_logit(f64(max_neg), beta, lam), 0.0)
+            cuda.syncthreads()  # everyone has read the pass-1 results before the arrays are reused
+            # pass 2: sums of the kept pairs' exponentials (largest logit taken out)
+            acc_p = 0.0
+            acc_n = 0.0
+            c_pos = 0
+            c_neg = 0
+            for j in range(t, n, threads):
+                s = S[i, j]
+                kind = pair_kind(s, ref_labels[j] == label, j == own, value_rule, self_threshold)
+                if kind == POSITIVE and any_pos:
+                    if not mine or ms_keep_positive(s, max_neg, eps, compare):
+                        acc_p += math.exp(ms_positive_logit(f64(s), alpha, lam) - top_pos)
+                        c_pos += 1
+                elif kind == NEGATIVE and any_neg:
+                    if not mine or ms_keep_negative(s, min_pos, eps, compare):
+                        acc_n += math.exp(ms_negative_logit(f64(s), beta, lam) - top_neg)
+                        c_neg += 1
+            sum_p[t] = acc_p
+            sum_n[t] = acc_n
+            num_pos[t] = c_pos
+            num_neg[t] = c_neg
+            cuda.syncthreads()
+            step = threads // 2
+            while step > 0:
+                if t < step:
+                    sum_p[t] += sum_p[t + step]
+                    sum_n[t] += sum_n[t + step]
+                    num_pos[t] += num_pos[t + step]
+                    num_neg[t] += num_neg[t + step]
+                cuda.syncthreads()
+                step //= 2
+            total_pos = add_one_total(sum_p[0], top_pos)
+            total_neg = add_one_total(sum_n[0], top_neg)
+            if t == 0:
+                per_anchor[i] = (log1p_sum_exp(sum_p[0], top_pos) / alpha + log1p_sum_exp(sum_n[0], top_neg) / beta) / m
+                counts[i, 0] = n_pos
+                counts[i, 1] = n_neg
+                counts[i, 2] = num_pos[0]
+                counts[i, 3] = num_neg[0]
+            # pass 3: the weights and masks (each thread its own columns)
+            for j in range(t, n, threads):
+                s = S[i, j]
+                kind = pair_kind(s, ref_labels[j] == label, j == own, value_rule, self_threshold)
+                g, keep_p, keep_n = ms_pair_weight(s, kind, min_pos, max_neg, any_pos, any_neg, top_pos, top_neg,
+                                                   total_pos, total_neg, mine, eps, compare, alpha, beta, lam, m)
+                G[i, j] = g
+                pos_used[i, j] = keep_p
+                neg_used[i, j] = keep_n
+            cuda.syncthreads()  # the shared arrays are reused by the next row
+
+    @cuda.jit
+    def binomial_rows(S, labels, ref_labels, self_col, value_rule, self_threshold, alpha, beta, lam,
+                      G, pos_used, neg_used, per_anchor, counts):
+        """Binomial deviance, one anchor row per block; the passes of ``cpu.binomial_rows``."""
+        num_pos = cuda.shared.array(threads, i64)
+        num_neg = cuda.shared.array(threads, i64)
+        sum_p = cuda.shared.array(threads, f64)
+        sum_n = cuda.shared.array(threads, f64)
+        t = cuda.threadIdx.x
+        m, n = S.shape
+        for i in range(cuda.blockIdx.x, m, cuda.gridDim.x):
+            label = labels[i]
+            own = self_col[i]
+            c_pos = 0
+            c_neg = 0
+            for j in range(t, n, threads):
+                kind = pair_kind(S[i, j], ref_labels[j] == label, j == own, value_rule, self_threshold)
+                if kind == POSITIVE:
+                    c_pos += 1
+                elif kind == NEGATIVE:
+                    c_neg += 1
+            num_pos[t] = c_pos
+            num_neg[t] = c_neg
+            cuda.syncthreads()
+            step = threads // 2
+            while step > 0:
+                if t < step:
+                    num_pos[t] += num_pos[t + step]
+                    num_neg[t] += num_neg[t + step]
+                cuda.syncthreads()
+                step //= 2
+            n_pos = num_pos[0]
+            n_neg = num_neg[0]
+            pos_count = max(n_pos, 1)
+            neg_count = max(n_neg, 1)
+            acc_p = 0.0
+            acc_n = 0.0
+            for j in range(t, n, threads):
+                s = S[i, j]
+                kind = pair_kind(s, ref_labels[j] == label, j == own, value_rule, self_threshold)
+                pos_used[i, j] = kind == POSITIVE
+                neg_used[i, j] = kind == NEGATIVE
+                if kind == POSITIVE:
+                    z = binomial_positive_logit(f64(s), alpha, lam)
+                    acc_p += softplus(z) / pos_count
+                    G[i, j] = -((alpha * logistic(z)) / pos_count) / m
+                elif kind == NEGATIVE:
+                    z = binomial_negative_logit(f64(s), beta, lam)
+                    acc_n += softplus(z) / neg_count
+                    G[i, j] = ((beta * logistic(z)) / neg_count) / m
+                else:
+                    G[i, j] = real_np(0)
+            sum_p[t] = acc_p
+            sum_n[t] = acc_n
+            cuda.syncthreads()
+            step = threads // 2
+            while step > 0:
+                if t < step:
+                    sum_p[t] += sum_p[t + step]
+                    sum_n[t] += sum_n[t + step]
+                cuda.syncthreads()
+                step //= 2
+            if t == 0:
+                per_anchor[i] = (sum_p[0] + sum_n[0]) / m
+                counts[i, 0] = n_pos
+                counts[i, 1] = n_neg
+                counts[i, 2] = n_pos
+                counts[i, 3] = n_neg
+            cuda.syncthreads()
+
+    @cuda.jit
+    def contrastive_rows(S, labels, ref_labels, self_col, value_rule, self_threshold, distance, linear_pos,
+                         pos_margin, neg_margin, duplicate_gap, G, pos_used, neg_used, sums, counts):
+        """Contrastive loss, first pass, one anchor row per block (``cpu.contrastive_rows``)."""
+        num = cuda.shared.array((4, threads), i64)
+        acc = cuda.shared.array((2, threads), f64)
+        t = cuda.threadIdx.x
+        m, n = S.shape
+        for i in range(cuda.blockIdx.x, m, cuda.gridDim.x):
+            label = labels[i]
+            own = self_col[i]
+            n_pos = 0
+            n_neg = 0
+            c_pos = 0
+            c_neg = 0
+            t_pos = 0.0
+            t_neg = 0.0
+            for j in range(t, n, threads):
+                s = S[i, j]
+                kind = pair_kind(s, ref_labels[j] == label, j == own, value_rule, self_threshold)
+                counted = False
+                slope = 0.0
+                if kind == POSITIVE:
+                    n_pos += 1
+                    term, slope, counted = contrastive_pair(f64(s), True, distance, linear_pos, pos_margin, neg_margin, duplicate_gap)
+                    if counted:
+                        c_pos += 1
+                        t_pos += term
+                elif kind == NEGATIVE:
+                    n_neg += 1
+                    term, slope, counted = contrastive_pair(f64(s), False, distance, linear_pos, pos_margin, neg_margin, duplicate_gap)
+                    if counted:
+                        c_neg += 1
+                        t_neg += term
+                pos_used[i, j] = counted and kind == POSITIVE
+                neg_used[i, j] = counted and kind == NEGATIVE
+                G[i, j] = slope if counted else 0.0
+            num[0, t] = n_pos
+            num[1, t] = n_neg
+            num[2, t] = c_pos
+            num[3, t] = c_neg
+            acc[0, t] = t_pos
+            acc[1, t] = t_neg
+            cuda.syncthreads()
+            step = threads // 2
+            while step > 0:
+                if t < step:
+                    for r in range(4):
+                        num[r, t] += num[r, t + step]
+                    acc[0, t] += acc[0, t + step]
+                    acc[1, t] += acc[1, t + step]
+                cuda.syncthreads()
+                step //= 2
+            if t == 0:
+                sums[i, 0] = acc[0, 0]
+                sums[i, 1] = acc[1, 0]
+                for r in range(4):
+                    counts[i, r] = num[r, 0]
+            cuda.syncthreads()
+
+    @cuda.jit
+    def scale_rows(G, pos_used, neg_used, pos_scale, neg_scale):
+        m, n = G.shape
+        for i in range(cuda.blockIdx.x, m, cuda.gridDim.x):
+            for j in range(cuda.threadIdx.x, n, threads):
+                if pos_used[i, j]:
+                    G[i, j] = G[i, j] * pos_scale
+                elif neg_used[i, j]:
+                    G[i, j] = G[i, j] * neg_scale
+
+    @cuda.jit
+    def fill_zero(A):
+        for i in range(cuda.blockIdx.x, A.shape[0], cuda.gridDim.x):
+            for j in range(cuda.threadIdx.x, A.shape[1], threads):
+                A[i, j] = 0
+
+    @cuda.jit
+    def fill_zero_1d(a):
+        for k in range(cuda.blockIdx.x * threads + cuda.threadIdx.x, a.shape[0], cuda.gridDim.x * threads):
+            a[k] = 0
+
+    kernels_ = _Kernels(unit_rows, gemm_nt, gemm_grad, through_norm, ms_rows, binomial_rows, fill_zero, fill_zero_1d,
+                        threads, tile, max_blocks)
+    kernels_.contrastive_rows = contrastive_rows
+    kernels_.scale_rows = scale_rows
+    return kernels_
+
+
+class _Kernels:
+    """One dtype's kernels and their launch geometry (grids computed next to the launches)."""
+
+    def __init__(self, unit_rows, gemm_nt, gemm_grad, through_norm, ms_rows, binomial_rows, fill_zero, fill_zero_1d,
+                 threads, tile, max_blocks):
+        self.unit_rows = unit_rows
+        self.gemm_nt = gemm_nt
+        self.gemm_grad = gemm_grad
+        self.through_norm = through_norm
+        self.ms_rows = ms_rows
+        self.binomial_rows = binomial_rows
+        self.fill_zero = fill_zero
+        self.fill_zero_1d = fill_zero_1d
+        self.threads = threads
+        self.tile = tile
+        self.max_blocks = max_blocks
+
+    def rows(self, m: int):
+        """(grid, block) for a one-row-per-block kernel over m rows."""
+        return min(m, self.max_blocks), self.threads
+
+    def tiles(self, rows: int, cols: int):
+        """(grid, block) for a GEMM writing a rows x cols output in TILE x TILE tiles."""
+        count = _ceil_div(rows, self.tile) * _ceil_div(cols, self.tile)
+        return min(count, self.max_blocks), (self.tile, self.tile)
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return (a + b - 1) // b
+
+
+# ---------------------------------------------------------------------------------------------
+# The backend
+
+
+def run(entry, profile, params, X, y, R, yr, ref_is_batch, ref_self, normalize, dtype) -> Result:
+    """Host inputs (validated float64 NumPy arrays): copy in, compute, return NumPy arrays."""
+    _check_device_memory(X.shape[0], X.shape[0] if ref_is_batch else R.shape[0], X.shape[1], dtype, ref_is_batch)
+    d_X = cuda.to_device(np.ascontiguousarray(X, dtype=dtype))
+    d_R = None if ref_is_batch else cuda.to_device(np.ascontiguousarray(R, dtype=dtype))
+    out = _pipeline(entry, profile, params, d_X, y, d_R, yr, ref_is_batch, ref_self, normalize, dtype, validate=False)
+    return _to_host(out)
+
+
+def run_device(entry, profile, params, embeddings, labels, ref, ref_labels, normalize, ref_self, dtype) -> Result:
+    """Device inputs (``__cuda_array_interface__`` or Numba device arrays): no copy of the embeddings;
+    the validation ``compute`` does on the host is done here on the device; returns device arrays.
+
+    ``dtype=None`` keeps the arrays' own dtype (float32 or float64); another dtype is a cast on the
+    device (a copy). Labels (m integers) are brought to the host to be validated.
+    """
+    from ..core import _check_ref_self
+    from .backends import _work_dtype
+
+    d_X = _device_matrix(embeddings, "embeddings")
+    m, d = d_X.shape
+    work = np.dtype(d_X.dtype) if dtype is None else _work_dtype(dtype)
+    y = as_labels(_host(labels), "labels", m, "embeddings")
+    if (ref is None) != (ref_labels is None):
+        raise GpwrefError("ref_labels", "ref and ref_labels must be given together (or neither)")
+    ref_is_batch = ref is None
+    d_R = None
+    if ref_is_batch:
+        if ref_self is not None:
+            raise GpwrefError("ref_self", "only applies with a reference set (ref=...); the batch's own diagonal is always excluded")
+        yr = y
+        n = m
+    else:
+        if not entry.supports_ref:
+            raise GpwrefError("ref", f"loss '{entry.name}' is defined on the batch only; a separate reference set is not supported ({entry.limits})")
+        d_R = _device_matrix(ref, "ref")
+        if d_R.shape[1] != d:
+            raise GpwrefError("ref", f"must have the embeddings' dimension {d}", f"dimension {d_R.shape[1]}")
+        n = d_R.shape[0]
+        yr = as_labels(_host(ref_labels), "ref_labels", n, "ref")
+        ref_self = _check_ref_self(_host(ref_self) if ref_self is not None else None, m, n)
+    _check_device_memory(m, n, d, work, ref_is_batch)
+    k = kernels(work.name)
+    d_X = _cast(k, d_X, work)
+    d_R = None if ref_is_batch else _cast(k, d_R, work)
+    return _pipeline(entry, profile, params, d_X, y, d_R, yr, ref_is_batch, ref_self, normalize, work, validate=True)
+
+
+def _pipeline(entry, profile, params, d_X, y, d_R, yr, ref_is_batch, ref_self, normalize, dtype, validate) -> Result:
+    from .backends import ZERO_RULE_LOSSES, binomial_scalars, check_counts, contrastive_scalars, contrastive_scales, ms_rules, ms_scalars, pair_rules, self_columns
+
+    dtype = np.dtype(dtype)
+    k = kernels(dtype.name)
+    m, d = d_X.shape
+    d_U, d_norms = _unit_rows(k, d_X, "embeddings", normalize, validate)
+    if ref_is_batch:
+        d_V, d_ref_norms, n = d_U, d_norms, m
+    else:
+        d_V, d_ref_norms = _unit_rows(k, d_R, "ref", normalize, validate)
+        n = d_R.shape[0]
+    d_S = cuda.device_array((m, n), dtype=dtype)
+    grid, block = k.tiles(m, n)
+    k.gemm_nt[grid, block](d_U, d_V, d_S)
+
+    d_G = cuda.device_array((m, n), dtype=dtype)
+    d_pos = cuda.device_array((m, n), dtype=np.bool_)
+    d_neg = cuda.device_array((m, n), dtype=np.bool_)
+    d_per_anchor = cuda.device_array(m, dtype=np.float64)
+    d_counts = cuda.device_array((m, 4), dtype=np.int64)
+    extras = {}
+    d_y, d_yr = cuda.to_device(y), cuda.to_device(yr)
+    d_own = cuda.to_device(self_columns(m, ref_is_batch, ref_self))
+    grid, block = k.rows(m)
+    if entry.name == "multi_similarity":
+        hp = ms_scalars(params, dtype)
+        rules = ms_rules(profile, dtype)
+        k.ms_rows[grid, block](
+            d_S, d_y, d_yr, d_own, rules["value_rule"], rules["self_threshold"], hp["mine"], hp["eps"], rules["compare"],
+            rules["skip_empty"], hp["alpha"], hp["beta"], hp["lam"], dtype.type(np.inf),
+            d_G, d_pos, d_neg, d_per_anchor, d_counts)
+    elif entry.name == "binomial_deviance":
+        k.binomial_rows[grid, block](d_S, d_y, d_yr, d_own, *pair_rules(profile, dtype), *binomial_scalars(params),
+                                     d_G, d_pos, d_neg, d_per_anchor, d_counts)
+    elif entry.name == "contrastive":
+        d_sums = cuda.device_array((m, 2), dtype=np.float64)
+        k.contrastive_rows[grid, block](d_S, d_y, d_yr, d_own, *pair_rules(profile, dtype), *contrastive_scalars(params),
+                                        d_G, d_pos, d_neg, d_sums, d_counts)
+        counts = d_counts.copy_to_host()
+        check_counts(counts, profile, entry.name)
+        zero, pos_scale, neg_scale, per_anchor, extras = contrastive_scales(counts, d_sums.copy_to_host(), profile, params, m)
+        if zero:
+            for array in (d_G, d_pos, d_neg):
+                k.fill_zero[grid, block](array)
+        else:
+            k.scale_rows[grid, block](d_G, d_pos, d_neg, pos_scale, neg_scale)
+        d_per_anchor = cuda.to_device(per_anchor)
+    else:  # pragma: no cover - select() admits only KERNEL_LOSSES
+        raise AssertionError(entry.name)
+    if profile.degenerate == "raise" or (profile.zero_if_at_most_one_pair and entry.name in ZERO_RULE_LOSSES):
+        if check_counts(d_counts.copy_to_host(), profile, entry.name):
+            for array in (d_G, d_pos, d_neg):
+                k.fill_zero[grid, block](array)
+            k.fill_zero_1d[grid, block](d_per_anchor)
+
+    if ref_is_batch:
+        d_gu = cuda.device_array((m, d), dtype=dtype)
+        grid, block = k.tiles(m, d)
+        k.gemm_grad[grid, block](d_G, d_U, d_gu, 2)
+        d_gv = None
+    else:
+        d_gu = cuda.device_array((m, d), dtype=dtype)
+        grid, block = k.tiles(m, d)
+        k.gemm_grad[grid, block](d_G, d_V, d_gu, 0)
+        d_gv = cuda.device_array((n, d), dtype=dtype)
+        grid, block = k.tiles(n, d)
+        k.gemm_grad[grid, block](d_G, d_U, d_gv, 1)
+    if normalize:
+        d_gu = _through(k, d_gu, d_U, d_norms)
+        if d_gv is not None:
+            d_gv = _through(k, d_gv, d_V, d_ref_norms)
+    per_anchor = d_per_anchor.copy_to_host()
+    return Result(
+        loss=float(per_anchor.sum()),
+        per_anchor=d_per_anchor,
+        grad_sim=d_G,
+        pos_used=d_pos,
+        neg_used=d_neg,
+        extras=extras,
+        grad_emb=d_gu,
+        grad_ref=d_gv,
+        sim=d_S,
+        loss_name=entry.name,
+        profile=profile.name,
+        hyper=params,
+    )
+
+
+def _unit_rows(k, d_X, argument, normalize, validate):
+    m = d_X.shape[0]
+    d_norms = cuda.device_array(m, dtype=np.float64)
+    d_bad = cuda.device_array(m, dtype=np.int64)
+    if not normalize and not validate:
+        return d_X, None
+    d_U = cuda.device_array(d_X.shape, dtype=d_X.dtype) if normalize else d_X
+    grid, block = k.rows(m)
+    k.unit_rows[grid, block](d_X, d_U, d_norms, d_bad, normalize)
+    bad = d_bad.copy_to_host()
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise GpwrefError(argument, "must be finite (no NaN or inf)", f"non-finite value in row {row}")
+    if not normalize:
+        return d_X, None
+    norms = d_norms.copy_to_host()
+    if np.any(norms == 0.0):
+        row = int(np.argmax(norms == 0.0))
+        raise GpwrefError(argument, "rows must have non-zero norm to be L2-normalised (or pass normalize=False)", f"row {row} is all zeros")
+    return d_U, d_norms
+
+
+def _through(k, d_grad, d_U, d_norms):
+    d_out = cuda.device_array(d_grad.shape, dtype=d_grad.dtype)
+    grid, block = k.rows(d_grad.shape[0])
+    k.through_norm[grid, block](d_grad, d_U, d_norms, d_out)
+    return d_out
+
+
+def _device_matrix(obj, argument):
+    """A Numba device array viewing ``obj`` (no copy), checked like ``as_float_matrix``."""
+    if getattr(obj, "__cuda_ndarray__", False):
+        array = obj
+    elif hasattr(obj, "__cuda_array_interface__"):
+        array = cuda.as_cuda_array(obj)
+    else:
+        raise GpwrefError(argument, "must be a device array like the embeddings (both on the GPU or both on the host)", type(obj).__name__)
+    if len(array.shape) != 2:
+        raise GpwrefError(argument, "must be a 2-D array (rows are samples)", f"shape {tuple(array.shape)}")
+    if np.dtype(array.dtype) not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise GpwrefError(argument, "must hold float32 or float64 numbers on the device", f"dtype {array.dtype}")
+    if array.shape[0] == 0:
+        raise GpwrefError(argument, "must have at least one row (an empty batch has no loss)", f"shape {tuple(array.shape)}")
+    if array.shape[1] == 0:
+        raise GpwrefError(argument, "must have at least one column", f"shape {tuple(array.shape)}")
+    if not array.is_c_contiguous():
+        raise GpwrefError(argument, "must be C-contiguous on the device (call .contiguous() first)", f"strides {array.strides}")
+    return array
+
+
+def _cast(k, d_A, dtype):
+    if np.dtype(d_A.dtype) == dtype:
+        return d_A
+    out = cuda.device_array(d_A.shape, dtype=dtype)
+    grid, block = k.rows(d_A.shape[0])
+    _cast_kernel(dtype.name)[grid, block](d_A, out)
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _cast_kernel(dtype_name):
+    @cuda.jit
+    def cast(A, out):
+        for i in range(cuda.blockIdx.x, A.shape[0], cuda.gridDim.x):
+            for j in range(cuda.threadIdx.x, A.shape[1], cuda.blockDim.x):
+                out[i, j] = A[i, j]
+
+    return cast
+
+
+def _host(obj):
+    """Labels / indices may live on the device: bring them (m integers) to the host."""
+    if getattr(obj, "__cuda_ndarray__", False):
+        return obj.copy_to_host()
+    if hasattr(obj, "__cuda_array_interface__"):
+        return cuda.as_cuda_array(obj).copy_to_host()
+    return obj
+
+
+def _check_device_memory(m, n, d, dtype, ref_is_batch):
+    """Refuse up front a batch whose device arrays would not fit (S, G, two masks, U, gradients)."""
+    item = np.dtype(dtype).itemsize
+    needed = m * n * (2 * item + 2) + (m + n) * d * item * 3
+    try:
+        free, _total = cuda.current_context().get_memory_info()
+    except Exception:  # pragma: no cover - a context without memory queries
+        return
+    if needed > free:
+        raise GpwrefError(
+            "embeddings",
+            f"the {m} x {n} pair matrices need about {needed / 2**30:.1f} GiB of device memory but only "
+            f"{free / 2**30:.1f} GiB is free; use a smaller batch or a reference set in chunks",
+        )
+
+
+def _to_host(result: Result) -> Result:
+    def host(a):
+        return None if a is None else a.copy_to_host()
+
+    return Result(
+        loss=result.loss,
+        per_anchor=host(result.per_anchor),
+        grad_sim=host(result.grad_sim),
+        pos_used=host(result.pos_used),
+        neg_used=host(result.neg_used),
+        extras=result.extras,
+        grad_emb=host(result.grad_emb),
+        grad_ref=host(result.grad_ref),
+        sim=host(result.sim),
+        loss_name=result.loss_name,
+        profile=result.profile,
+        hyper=result.hyper,
+    )
