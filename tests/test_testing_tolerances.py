@@ -79,8 +79,10 @@ def test_dtype_names():
 
 
 def test_the_float32_default_is_neither_vacuous_nor_flaky():
-    # PML in float32 passes at the default, and fails when the allowance is 100x smaller: the
-    # default sits within two orders of magnitude of what float32 arithmetic really does here.
+    # PML in float32 passes at the default, and fails when the allowance is 1000x smaller: the
+    # default sits within three orders of magnitude of what float32 arithmetic really does here.
+    # (At 100x smaller the outcome depended on float32 summation order, e.g. torch's thread count
+    # set by earlier tests, so that bound was flaky.)
     torch = pytest.importorskip("torch")
     pytest.importorskip("pytorch_metric_learning")
     from pytorch_metric_learning.losses import MultiSimilarityLoss
@@ -95,5 +97,5 @@ def test_the_float32_default_is_neither_vacuous_nor_flaky():
     base = TOLERANCES["float32"]
     with pytest.raises(LossMismatch):
         assert_loss_matches(candidate, "multi_similarity", profile="pml", dtype="float32", batches=knobs, examples=20,
-                            rtol=base.grad_rtol / 100, atol=base.grad_atol / 100)
+                            rtol=base.grad_rtol / 1000, atol=base.grad_atol / 1000)
     assert torch.get_default_dtype() == torch.float32  # nothing here changed torch's global state
