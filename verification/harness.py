@@ -16,7 +16,8 @@ Tolerances (normwise relative error, see ``verification.common.rel_err``):
 * autograd and loop, 1e-12 -- both are float64 evaluations of the same exact expression, so they
   differ by round-off only: about m·n·2^-53 for sums over a row; 1e-12 leaves three orders of
   magnitude for the m <= 40 batches used here, and any formula error is O(1);
-* fd, 1e-6 -- central differences with h = 1e-6 err by h^2 |L'''|/6 + 2^-53 |L| / h, about 1e-10
+* fd, 1e-6 -- measured beyond FD's own round-off allowance 8 eps |L| / h (so a correct G often
+  reads 0); central differences with h = 1e-6 err by h^2 |L'''|/6 + 2^-53 |L| / h, about 1e-10
   for beta <= 50; 1e-6 still catches a missing factor or a wrong sign;
 * real, 1e-9 -- other code paths (cdist instead of 2 - 2S, other summation orders, PML's
   finfo.min masking) add a few ulps that sqrt and exp can amplify near d = 0;

@@ -17,7 +17,7 @@ import numpy as np
 
 import gpwref
 from gpwref.testing import make_batch
-from verification.harness import TOLERANCES, check_case
+from verification.harness import TOLERANCES, check_case, refs_module
 
 GROUPS = ("autograd", "fd", "loop", "real", "sign", "zeros", "raises")
 
@@ -49,7 +49,12 @@ def rows(losses=None, profiles=None, include_experimental=False):
                 yield entry, profile, dict(variant)
 
 
-def draw(rng, knobs, entry):
+def draw(rng, knobs, entry, variant=None):
+    """One batch for this schedule slot; a refs module may supply ``draw_batch(rng, knobs, variant)``
+    when the loss needs batches of its own shape (e.g. proxies with equal counts per class)."""
+    custom = getattr(refs_module(entry.name), "draw_batch", None)
+    if custom is not None:
+        return custom(rng, dict(knobs), dict(variant or {}))
     knobs = dict(knobs)
     if not entry.supports_ref:
         if knobs.get("with_ref"):
@@ -66,7 +71,7 @@ def verify_row(entry, profile, variant, n_batches, seed, fd=True):
     row_key = zlib.crc32(repr((entry.name, profile, sorted(variant.items()))).encode())  # stable across processes
     rng = np.random.default_rng([seed, row_key])
     for k in range(n_batches):
-        batch = draw(rng, SCHEDULE[k % len(SCHEDULE)], entry)
+        batch = draw(rng, SCHEDULE[k % len(SCHEDULE)], entry, variant)
         if batch is None:
             continue
         hyper = dict(variant)

@@ -185,3 +185,18 @@ def check_case(profile, hyper, batch, *, fd=True):
     report.errors["zeros"] = max(float(np.max(np.abs(G[~used]), initial=0.0)), float(np.any(ours.pos_used & ~pos_np) or np.any(ours.neg_used & ~neg_np)))
     report.skipped["sign"] = "SoftTriple's center weights can take either sign (module docstring)"
     return report
+
+
+def draw_batch(rng, knobs, variant):
+    """For ``gpwref verify``: a batch with proxies (centers) for its classes, ``per_class`` each.
+
+    The RDML variant (center_softmax="classes") needs the same number of centers in every class,
+    which a randomly labelled reference set almost never has, so every class gets two there.
+    """
+    from verification.refs.proxy_anchor import proxy_batch
+
+    m = knobs.pop("m", (2, 8))
+    for knob in ("with_ref", "ref_includes_batch", "on_boundary"):
+        knobs.pop(knob, None)
+    per_class = 2 if variant.get("center_softmax") == "classes" else int(rng.integers(1, 3))
+    return proxy_batch(rng, m=m, per_class=per_class, **knobs)
