@@ -1,0 +1,17 @@
+"""The training reproduction (issue 5): data readers, transforms, sampler, models, metrics, training loop.
+
+Modules, in pipeline order:
+
+* ``config``      the run's settings: per-dataset defaults, named variants, flags
+* ``data``        CUB-200-2011 folder reader and its checks; the Omniglot open-set split; image sets
+* ``transforms``  the official input pipeline written with PIL + NumPy (no torchvision)
+* ``sampler``     the official class-balanced batch sampler (16 classes x 5 images)
+* ``bninception`` BN-Inception in the key layout of the converted Caffe weights, and its loader
+* ``models``      small CNN, EfficientNet-Lite0 wrapper, pooling + 512-d head + L2 norm
+* ``loss_bridge`` the loss as computed by gpwref, as a torch autograd function, and its cross-check
+* ``metrics``     Recall@K and MAP@R with the query removed by index and a stated tie rule
+* ``train``       one training run (evaluation, checkpoints, resume, results JSON, plot)
+* ``fixtures``    a generated CUB_200_2011 folder in the data set's layout (tests, dry runs)
+
+``verification/reproduce_cub200.py`` is the command line (``gpwref reproduce``).
+"""
