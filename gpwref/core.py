@@ -49,24 +49,8 @@ def compute(
     work_dtype = backends.select(backend, dtype, entry.name)
     if backend == "cuda" and (backends.is_device_array(embeddings) or backends.is_device_array(ref)):
         return backends.run_device(entry, prof, params, embeddings, labels, ref, ref_labels, normalize, ref_self, dtype)
-    X = as_float_matrix(embeddings, "embeddings")
+    X, y, R, yr, ref_is_batch, ref_self = validated_inputs(entry, embeddings, labels, ref, ref_labels, ref_self)
     m = X.shape[0]
-    y = as_labels(labels, "labels", m, "embeddings")
-    if (ref is None) != (ref_labels is None):
-        raise GpwrefError("ref_labels", "ref and ref_labels must be given together (or neither)")
-    ref_is_batch = ref is None
-    if ref_is_batch:
-        if ref_self is not None:
-            raise GpwrefError("ref_self", "only applies with a reference set (ref=...); the batch's own diagonal is always excluded")
-        R, yr = X, y
-    else:
-        if not entry.supports_ref:
-            raise GpwrefError("ref", f"loss '{entry.name}' is defined on the batch only; a separate reference set is not supported ({entry.limits})")
-        R = as_float_matrix(ref, "ref")
-        if R.shape[1] != X.shape[1]:
-            raise GpwrefError("ref", f"must have the embeddings' dimension {X.shape[1]}", f"dimension {R.shape[1]}")
-        yr = as_labels(ref_labels, "ref_labels", R.shape[0], "ref")
-        ref_self = _check_ref_self(ref_self, m, R.shape[0])
     check_memory(m, R.shape[0], _PAIR_ARRAYS, "embeddings")
     if backend != "numpy":
         return backends.run_host(backend, entry, prof, params, X, y, R, yr, ref_is_batch, ref_self, normalize, work_dtype)
@@ -101,6 +85,29 @@ def compute(
         profile=prof.name,
         hyper=params,
     )
+
+
+def validated_inputs(entry, embeddings, labels, ref, ref_labels, ref_self):
+    """The checked float64 embeddings, labels and reference set of a call (shared by every entry point).
+
+    Returns (X, y, R, yr, ref_is_batch, ref_self); R, yr are X, y when the batch is its own reference.
+    """
+    X = as_float_matrix(embeddings, "embeddings")
+    m = X.shape[0]
+    y = as_labels(labels, "labels", m, "embeddings")
+    if (ref is None) != (ref_labels is None):
+        raise GpwrefError("ref_labels", "ref and ref_labels must be given together (or neither)")
+    if ref is None:
+        if ref_self is not None:
+            raise GpwrefError("ref_self", "only applies with a reference set (ref=...); the batch's own diagonal is always excluded")
+        return X, y, X, y, True, None
+    if not entry.supports_ref:
+        raise GpwrefError("ref", f"loss '{entry.name}' is defined on the batch only; a separate reference set is not supported ({entry.limits})")
+    R = as_float_matrix(ref, "ref")
+    if R.shape[1] != X.shape[1]:
+        raise GpwrefError("ref", f"must have the embeddings' dimension {X.shape[1]}", f"dimension {R.shape[1]}")
+    yr = as_labels(ref_labels, "ref_labels", R.shape[0], "ref")
+    return X, y, R, yr, False, _check_ref_self(ref_self, m, R.shape[0])
 
 
 def from_similarity(loss: str, S, labels, ref_labels=None, *, profile="paper", ref_self=None, **hyper) -> PairResult:

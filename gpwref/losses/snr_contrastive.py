@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import GpwrefError, as_float_matrix, as_labels, check_memory
+from ..errors import GpwrefError, check_memory
 from ..pairs import PairResult, Pairs, Result, build_pairs, check_degenerate, unit_rows
 from ..profiles import Profile, get_profile
 
@@ -106,28 +106,12 @@ def compute(
     params = resolve_hyper(entry, prof.name, hyper)
     if not isinstance(normalize, (bool, np.bool_)):
         raise GpwrefError("normalize", "must be True or False", repr(normalize))
-    X = as_float_matrix(embeddings, "embeddings")
+    from ..core import validated_inputs  # core imports the catalog, which imports this module
+
+    X, y, R, yr, ref_is_batch, ref_self = validated_inputs(entry, embeddings, labels, ref, ref_labels, ref_self)
     m, dims = X.shape
     if dims < 2:
         raise GpwrefError("embeddings", "the SNR distance needs at least 2 coordinates (a variance with D - 1 correction)", f"dimension {dims}")
-    y = as_labels(labels, "labels", m, "embeddings")
-    if (ref is None) != (ref_labels is None):
-        raise GpwrefError("ref_labels", "ref and ref_labels must be given together (or neither)")
-    ref_is_batch = ref is None
-    if ref_is_batch:
-        if ref_self is not None:
-            raise GpwrefError("ref_self", "only applies with a reference set (ref=...); the batch's own diagonal is always excluded")
-        R, yr = X, y
-    else:
-        R = as_float_matrix(ref, "ref")
-        if R.shape[1] != dims:
-            raise GpwrefError("ref", f"must have the embeddings' dimension {dims}", f"dimension {R.shape[1]}")
-        yr = as_labels(ref_labels, "ref_labels", R.shape[0], "ref")
-        if ref_self is not None:
-            ref_self = np.asarray(ref_self)
-            if ref_self.shape != (m,) or not np.issubdtype(ref_self.dtype, np.integer) or np.any(ref_self < -1) or np.any(ref_self >= R.shape[0]):
-                raise GpwrefError("ref_self", f"must be an integer array of length {m} with entries in [-1, {R.shape[0] - 1}]", f"{ref_self!r}")
-            ref_self = ref_self.astype(np.int64)
     check_memory(m, R.shape[0] * dims, 2, "embeddings")
 
     if normalize:
