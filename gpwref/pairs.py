@@ -121,6 +121,24 @@ def check_degenerate(pairs: Pairs, profile: Profile, loss_name: str) -> None:
         )
 
 
+def zero_by_pair_count(profile: Profile, pos: np.ndarray, neg: np.ndarray) -> bool:
+    """PML's GenericPairLoss rule: a zero loss when at most one positive and one negative pair are used."""
+    return bool(profile.zero_if_at_most_one_pair and pos.sum() <= 1 and neg.sum() <= 1)
+
+
+def anchors_with_positives(pairs: Pairs, profile: Profile, require_both_kinds: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Used masks of a loss over the anchors that have a positive (SupCon, NT-Xent, tuplet margin).
+
+    ``require_both_kinds``: no anchor counts unless the batch has positive and negative pairs (PML's
+    losses that return zero without one of them); the pair-count zero rule applies as well.
+    """
+    pos, neg = pairs.pos, pairs.neg
+    alive = pos.any(axis=1)
+    if (require_both_kinds and not (pos.any() and neg.any())) or zero_by_pair_count(profile, pos, neg):
+        alive = np.zeros_like(alive)
+    return pos & alive[:, None], neg & alive[:, None]
+
+
 def grad_embeddings(
     grad_sim: np.ndarray,
     X_unit: np.ndarray,

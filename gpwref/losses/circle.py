@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..pairs import PairResult, Pairs, masked_lse
+from ..pairs import PairResult, Pairs, masked_lse, zero_by_pair_count
 from ..profiles import Profile
 
 
@@ -72,7 +72,7 @@ def value_and_grad(
     rows = S.shape[0]
     pos, neg = pairs.pos, pairs.neg
     both = pos.any(axis=1) & neg.any(axis=1)
-    if profile.zero_if_at_most_one_pair and pos.sum() <= 1 and neg.sum() <= 1:
+    if zero_by_pair_count(profile, pos, neg):
         both = np.zeros_like(both)
     pos_used = pos & both[:, None]
     neg_used = neg & both[:, None]

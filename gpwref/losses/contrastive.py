@@ -55,7 +55,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import GpwrefError
-from ..pairs import PairResult, Pairs
+from ..pairs import PairResult, Pairs, zero_by_pair_count
 from ..profiles import Profile
 
 # |2 - 2S| at or below this is a duplicated pair: S = 1, d = 0 (see the module docstring).
@@ -126,7 +126,7 @@ def value_and_grad(
     check_margins(distance, pos_margin=pos_margin, neg_margin=neg_margin)
     m = S.shape[0]
     pos, neg = pairs.pos, pairs.neg
-    if profile.zero_if_at_most_one_pair and pos.sum() <= 1 and neg.sum() <= 1:
+    if zero_by_pair_count(profile, pos, neg):
         pos, neg = np.zeros_like(pos), np.zeros_like(neg)
     pos_term, pos_slope, neg_term, neg_slope = pair_terms(S, distance, pos_margin, neg_margin)
 

@@ -72,7 +72,7 @@ from typing import Mapping
 
 import numpy as np
 
-from ..pairs import PairResult, Pairs, masked_lse
+from ..pairs import PairResult, Pairs, masked_lse, zero_by_pair_count
 from ..profiles import Profile
 
 FORMS = ("song", "generalized")
@@ -122,7 +122,7 @@ def value_and_grad(
     distance = for_form(distance, form)
     pos_margin, neg_margin = float(for_form(pos_margin, form)), float(for_form(neg_margin, form))
     pos, neg = pairs.pos, pairs.neg
-    if profile.zero_if_at_most_one_pair and pos.sum() <= 1 and neg.sum() <= 1:
+    if zero_by_pair_count(profile, pos, neg):
         pos, neg = np.zeros_like(pos), np.zeros_like(neg)
     z_pos, z_neg, phi = pair_scores(S, distance, pos_margin, neg_margin)
     if form == "song":

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..pairs import PairResult, Pairs, masked_lse
+from ..pairs import PairResult, Pairs, masked_lse, zero_by_pair_count
 from ..profiles import Profile
 
 
@@ -60,7 +60,7 @@ def value_and_grad(S: np.ndarray, pairs: Pairs, profile: Profile, *, alpha: floa
         alive = keep_pos.any(axis=1) & keep_neg.any(axis=1)
         keep_pos &= alive[:, None]
         keep_neg &= alive[:, None]
-    if profile.zero_if_at_most_one_pair and keep_pos.sum() <= 1 and keep_neg.sum() <= 1:
+    if zero_by_pair_count(profile, keep_pos, keep_neg):
         keep_pos = np.zeros_like(keep_pos)
         keep_neg = np.zeros_like(keep_neg)
 

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..pairs import PairResult, Pairs, masked_lse
+from ..pairs import PairResult, Pairs, masked_lse, anchors_with_positives
 from ..profiles import Profile
 from .circle import sigmoid, softplus
 
@@ -50,14 +50,8 @@ def value_and_grad(
     denominator: str,
     require_both_kinds: bool,
 ) -> PairResult:
-    pos, neg = pairs.pos, pairs.neg
-    alive = pos.any(axis=1)
-    if require_both_kinds and not (pos.any() and neg.any()):
-        alive = np.zeros_like(alive)
-    if profile.zero_if_at_most_one_pair and pos.sum() <= 1 and neg.sum() <= 1:
-        alive = np.zeros_like(alive)
-    pos_used = pos & alive[:, None]
-    neg_used = neg & alive[:, None]
+    pos_used, neg_used = anchors_with_positives(pairs, profile, require_both_kinds)
+    alive = pos_used.any(axis=1)  # every kept anchor has a positive
     n_pairs = int(pos_used.sum())
     scale = 1.0 / n_pairs if n_pairs else 0.0
     per_pos = pos_used.sum(axis=1)

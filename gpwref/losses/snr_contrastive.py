@@ -38,7 +38,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import GpwrefError, check_memory
-from ..pairs import PairResult, Pairs, Result, build_pairs, check_degenerate, unit_rows
+from ..pairs import PairResult, Pairs, Result, build_pairs, check_degenerate, unit_rows, zero_by_pair_count
 from ..profiles import Profile, get_profile
 
 
@@ -74,7 +74,7 @@ def _snap(t: np.ndarray) -> np.ndarray:
 
 def _terms(d: np.ndarray, pairs: Pairs, profile: Profile, pos_margin: float, neg_margin: float):
     pos, neg = pairs.pos, pairs.neg
-    if profile.zero_if_at_most_one_pair and pos.sum() <= 1 and neg.sum() <= 1:
+    if zero_by_pair_count(profile, pos, neg):
         pos, neg = np.zeros_like(pos), np.zeros_like(neg)
     pos_term = np.where(pos, np.maximum(_snap(d - pos_margin), 0.0), 0.0)
     neg_term = np.where(neg, np.maximum(_snap(neg_margin - d), 0.0), 0.0)

@@ -36,7 +36,7 @@ import math
 
 import numpy as np
 
-from ..pairs import PairResult, Pairs, masked_lse
+from ..pairs import PairResult, Pairs, masked_lse, anchors_with_positives
 from ..profiles import Profile
 from .contrastive import DUPLICATE_SQ_DISTANCE
 
@@ -52,14 +52,7 @@ def margin_cosine(S: np.ndarray, margin_rad: float) -> tuple[np.ndarray, np.ndar
 
 
 def value_and_grad(S: np.ndarray, pairs: Pairs, profile: Profile, *, margin_deg: float, scale: float, require_both_kinds: bool) -> PairResult:
-    pos, neg = pairs.pos, pairs.neg
-    alive = pos.any(axis=1)
-    if require_both_kinds and not (pos.any() and neg.any()):
-        alive = np.zeros_like(alive)
-    if profile.zero_if_at_most_one_pair and pos.sum() <= 1 and neg.sum() <= 1:
-        alive = np.zeros_like(alive)
-    pos_used = pos & alive[:, None]
-    neg_used = neg & alive[:, None]
+    pos_used, neg_used = anchors_with_positives(pairs, profile, require_both_kinds)
     K = int(pos_used.sum())
     inv_K = 1.0 / K if K else 0.0
     c, dc = margin_cosine(S, math.radians(margin_deg))
