@@ -90,6 +90,10 @@ class LossEntry:
     # templates and `gpwref verify` skip it with this reason shown, and the docs table lists it.
     status: str = "verified"
     family: str = "pair"  # "pair" (sample-sample), "proxy" (sample-proxy), "ranking", "other"
+    # A loss that is not a function of (S, labels) alone: ``compute(embeddings, labels, *, profile,
+    # ref, ref_labels, normalize, ref_self, **hyper) -> Result``, which ``gpwref.compute`` calls in
+    # place of the S pipeline (``function`` then refuses S with the reason).
+    embeddings_function: Callable | None = None
 
     @property
     def doc(self) -> str:
@@ -401,13 +405,14 @@ CATALOG: tuple[LossEntry, ...] = (
     LossEntry(
         name="snr_contrastive",
         function=snr_contrastive.value_and_grad,
+        embeddings_function=snr_contrastive.compute,
         hyper={"pos_margin": real(), "neg_margin": real()},
         defaults={"pml": {"pos_margin": 0.0, "neg_margin": 1.0}},
         reference="Yuan, Chen, Zhang, Wang, Liu. Signal-To-Noise Ratio: A Robust Distance Metric for Deep Metric "
         "Learning. CVPR 2019",
         similarities=("self",),
         limits="not a function of S alone (the SNR distance uses each row's coordinate mean): gpwref.compute "
-        "refuses it, use gpwref.losses.snr_contrastive.compute; grad_sim holds the means fixed; only PML's "
+        "runs it from the embeddings, from_similarity refuses it; grad_sim holds the means fixed; only PML's "
         "contrastive form (no zero-mean regulariser, no triplet form)",
         family="other",
     ),

@@ -47,6 +47,9 @@ def compute(
     from .kernels import backends
 
     work_dtype = backends.select(backend, dtype, entry.name)
+    if entry.embeddings_function is not None:  # not a function of S alone (numpy backend only)
+        return entry.embeddings_function(embeddings, labels, profile=prof.name, ref=ref, ref_labels=ref_labels,
+                                         normalize=normalize, ref_self=ref_self, dtype=dtype, **hyper)
     if backend == "cuda" and (backends.is_device_array(embeddings) or backends.is_device_array(ref)):
         return backends.run_device(entry, prof, params, embeddings, labels, ref, ref_labels, normalize, ref_self, dtype)
     X, y, R, yr, ref_is_batch, ref_self = validated_inputs(entry, embeddings, labels, ref, ref_labels, ref_self)

@@ -428,10 +428,11 @@ def test_snr_contrastive_hand_derived():
 
 
 def test_snr_contrastive_is_not_a_function_of_S():
-    # Same S, different coordinate means -> different SNR distances; gpwref.compute refuses it.
+    # Same S, different coordinate means -> different SNR distances: from_similarity refuses it, and
+    # gpwref.compute runs it from the embeddings (the catalog entry's embeddings_function).
     X = _rows(0, 60, 180)
     with pytest.raises(gpwref.GpwrefError, match="not a function of S"):
-        gpwref.compute("snr_contrastive", X, HAND_Y, profile="pml")
+        gpwref.from_similarity("snr_contrastive", X @ X.T, HAND_Y, profile="pml")
     rotation = np.array([[math.cos(0.3), -math.sin(0.3)], [math.sin(0.3), math.cos(0.3)]])
     X3 = np.hstack([X, np.zeros((3, 1))]) + np.array([0, 0, 0.1])
     Y3 = np.hstack([X @ rotation.T, np.zeros((3, 1))]) + np.array([0, 0, 0.1])
@@ -439,6 +440,26 @@ def test_snr_contrastive_is_not_a_function_of_S():
     b = snr_contrastive.compute(Y3, HAND_Y, profile="pml", normalize=False)
     np.testing.assert_allclose(a.sim, b.sim, atol=1e-15)
     assert abs(a.loss - b.loss) > 1e-3
+
+
+def test_snr_contrastive_through_gpwref_compute():
+    # The public entry point gives the module's own result, argument for argument, and refuses what
+    # the loss cannot do (a kernel backend, float32) with the argument named.
+    X = np.array([[1.0, 0, 0], [0, 1.0, 0], [2.0, 0, 1.0], [0.5, 2.0, -1.0]])
+    y = [0, 0, 1, 1]
+    direct = snr_contrastive.compute(X, y, profile="pml", normalize=False, neg_margin=2.0)
+    public = gpwref.compute("snr_contrastive", X, y, profile="pml", normalize=False, neg_margin=2.0)
+    assert public.loss == direct.loss
+    np.testing.assert_array_equal(public.grad_sim, direct.grad_sim)
+    np.testing.assert_array_equal(public.grad_emb, direct.grad_emb)
+    R, yr = X[:2] + 0.25, np.array([0, 1])
+    direct = snr_contrastive.compute(X, y, profile="pml", ref=R, ref_labels=yr)
+    public = gpwref.compute("snr_contrastive", X, y, profile="pml", ref=R, ref_labels=yr)
+    np.testing.assert_array_equal(public.grad_ref, direct.grad_ref)
+    with pytest.raises(gpwref.GpwrefError, match="backend"):
+        gpwref.compute("snr_contrastive", X, y, profile="pml", backend="numba")
+    with pytest.raises(gpwref.GpwrefError, match="dtype"):
+        gpwref.compute("snr_contrastive", X, y, profile="pml", dtype="float32")
 
 
 # ---------------------------------------------------------------------------------------------- bad input

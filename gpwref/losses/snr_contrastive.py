@@ -16,8 +16,9 @@ these distances, each kind averaged over its non-zero terms (AvgNonZeroReducer p
 
 Why it is not a function of S alone: with unit rows, |v_j - u_i|^2 = 2 - 2 S_ij, but the coordinate
 means mu_i, mu_j (and, with ``normalize=False``, the norms) enter too, so d_ij - and the loss - is a
-function of S AND of each row's mean. It therefore cannot run through ``gpwref.compute`` (whose losses
-see only S and the pair masks): use this module's ``compute`` (same arguments and Result). Its
+function of S AND of each row's mean. The catalog entry therefore names this module's ``compute`` as
+its ``embeddings_function``: ``gpwref.compute("snr_contrastive", X, y, profile="pml")`` runs it from the
+embeddings (NumPy backend, float64), while ``from_similarity`` (S alone) refuses it. Its
 ``grad_sim`` is the GPW weight on S with every row's mean and norm held fixed,
 
     G_ij = dL/dS_ij = c_ij * (-2 / (|u_i|^2 - D mu_i^2)),   c_ij = 1/Z_P (active positive), -1/Z_N (active negative)
@@ -47,7 +48,7 @@ def value_and_grad(S: np.ndarray, pairs: Pairs, profile: Profile, **hyper) -> Pa
     raise GpwrefError(
         "loss",
         "'snr_contrastive' is not a function of S alone (the SNR distance uses each row's coordinate mean); "
-        "call gpwref.losses.snr_contrastive.compute(embeddings, labels, ...) instead",
+        "call gpwref.compute('snr_contrastive', embeddings, labels, profile='pml') instead",
     )
 
 
@@ -96,9 +97,13 @@ def compute(
     ref_labels=None,
     normalize: bool = True,
     ref_self=None,
+    dtype=None,
     **hyper,
 ) -> Result:
-    """Value, GPW weights (means held fixed), full embedding gradients and used pairs (see module doc)."""
+    """Value, GPW weights (means held fixed), full embedding gradients and used pairs (see module doc).
+
+    ``dtype``: None or "float64" only (this loss has no float32 path).
+    """
     from ..catalog import get_entry, resolve_hyper  # the catalog imports this module
 
     entry = get_entry("snr_contrastive")
@@ -106,6 +111,10 @@ def compute(
     params = resolve_hyper(entry, prof.name, hyper)
     if not isinstance(normalize, (bool, np.bool_)):
         raise GpwrefError("normalize", "must be True or False", repr(normalize))
+    from ..kernels.backends import select
+
+    if select("numpy", dtype, entry.name) != np.float64:
+        raise GpwrefError("dtype", "snr_contrastive runs in float64 only (None or 'float64')", repr(dtype))
     from ..core import validated_inputs  # core imports the catalog, which imports this module
 
     X, y, R, yr, ref_is_batch, ref_self = validated_inputs(entry, embeddings, labels, ref, ref_labels, ref_self)
