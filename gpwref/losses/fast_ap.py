@@ -26,6 +26,18 @@ bin centre or at a triangle's foot; exact on the bin scale d B/4, see ``kernel``
   ``pytorch/FastAP_loss.py``). gpwref's G is then the exact one-sided derivative of L; the official
   backward agrees except for a distance exactly on a grid point next to an empty bin (its 0/0 -> 0).
 
+The rule at a distance exactly on bin l's centre (t = d B/4 = l): the pair touches the peak of K_l
+and the feet of K_{l-1} and K_{l+1}. Under ``"zero"`` all three slopes are 0, so G_ij = 0 exactly;
+under ``"left"`` the slopes are K_{l-1}' = -1/Delta, K_l' = +1/Delta, K_{l+1}' = 0, so G_ij is the
+derivative of L from above in S_ij. The derivative from below differs from it by (2/N')(1/Delta)
+times the second difference of the pair's bin weights across l-1, l, l+1, which can be arbitrarily
+small but is not 0 in general: L has a kink there, and a central difference across it returns
+the mean of the two slopes, which neither rule is (tests/test_losses_proxy_ranking.py derives a case
+whose jump is 3e-5 of max|G|). PML's autograd gives the ``"zero"`` value and the official backward
+the ``"left"`` one wherever their own arithmetic (cdist**2, torch.linspace centres) puts the distance
+exactly on the centre (d = 1 with B = 4 in that test file); elsewhere their side of the kink is
+decided by round-off. A duplicate at d = 0 (bin 0's centre) has G = 0 under both rules (below).
+
 Duplicates sit on a kink: d = 0 is the centre of bin 0, and 2 - 2S of two copies of one unit row
 comes out as 0 or +-4e-16 depending on the order of the floating-point sums. So a pair with
 |1 - S| <= DUPLICATE_GAP (64 ulps of 1) is at distance exactly 0, as cdist reports for exact copies,

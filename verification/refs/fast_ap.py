@@ -1,11 +1,28 @@
-"""Second opinions on FastAP: torch formulation, plain loop, PML FastAPLoss, the official code's rules."""
+"""Second opinions on FastAP: torch formulation, plain loop, PML FastAPLoss, the official code's rules.
+
+Written from the formulas (catalog.md 2.15, section 3 item 13) without calling gpwref's vectorised
+code. The loss is piecewise smooth in each distance, with a kink wherever a distance crosses a point
+of the bin grid t = d B / 4 in Z (a triangle's peak or feet; t = 0 and t = B also start the
+off-grid mass). The slope jump there is G's second difference across three neighbouring bins and
+can be arbitrarily small, so the generic harness's kink detector (a jump of G above 1e-3 max|G|)
+misses some kinks whose half-jump is still far above the fd tolerance (1e-6). The checks therefore
+run through verification/refs/_checks.py with the regime = the grid cell floor(t) of every used
+pair, computed here from the distances: a central difference that crosses or starts on a grid point
+is a kink and is skipped, every other entry is compared. Nothing is detached (``frozen_value``
+ignores its frozen argument). G exactly on a grid point follows ``kink_slope`` and is checked by
+autograd, the loop and the real codes (see ``gpwref/losses/fast_ap.py``).
+"""
 
 from __future__ import annotations
+
+import math
+import sys
 
 import numpy as np
 import torch
 
 from verification.common import NotApplicable
+from verification.refs._checks import check_case_frozen
 
 
 def _kernel(d, num_bins, kink_slope):
@@ -98,6 +115,33 @@ def loop(S, pos, neg, profile, *, num_bins, kink_slope):
     return (value / len(anchors) if anchors else 0.0), G
 
 
+def grid_cells(S, pos, neg, num_bins):
+    """The regime: per used pair, the grid cell floor(t) of t = d B / 4 (d = 0 for duplicates up to
+    GAP, as the loss's rule says, flagged as such). L is one smooth piece in S_ij while t_ij stays in
+    one closed cell [k, k + 1], so the two ends of a central difference have the same cells only when
+    no grid point lies strictly inside the step; a step centred exactly on the grid has its ends in
+    cells k - 1 and k and is skipped."""
+    d = np.where(np.abs(1 - S) <= GAP, 0.0, 2 - 2 * S)
+    t = d * num_bins / 4
+    used = pos | neg
+    return tuple(int(math.floor(x)) for x in t[used]) + tuple((np.abs(1 - S[used]) <= GAP).tolist())
+
+
+def frozen_value(S_eval, S_frozen, pos, neg, profile, *, num_bins, kink_slope):
+    """The value at S_eval (nothing is detached, S_frozen is not used) and its grid cells."""
+    with torch.no_grad():
+        value = torch_loss(torch.from_numpy(np.asarray(S_eval, dtype=np.float64)), torch.as_tensor(pos), torch.as_tensor(neg),
+                           profile, num_bins=num_bins, kink_slope=kink_slope)
+    return float(value), grid_cells(S_eval, pos, neg, num_bins)
+
+
+def check_case(profile, hyper, batch, *, fd=True):
+    return check_case_frozen("fast_ap", sys.modules[__name__], profile, hyper, batch, fd=fd)
+
+
+VERIFIED_AGAINST = ("autograd", "fd (steps that cross the bin grid skipped)", "loop")
+
+
 def pml(X, labels, R, ref_labels, ref_self, normalize, *, num_bins, kink_slope):
     """pytorch-metric-learning FastAPLoss: cdist^2 of normalised rows, autograd (kink slope 0)."""
     from pytorch_metric_learning.losses import FastAPLoss
@@ -109,7 +153,33 @@ def pml(X, labels, R, ref_labels, ref_self, normalize, *, num_bins, kink_slope):
     if not normalize:
         raise NotApplicable("PML's LpDistance always normalises rows")
     _require_some_ranking(labels)
+    _require_same_kink_sides(X, num_bins)
     return _unless_flat(FastAPLoss(num_bins=num_bins)(X, torch.as_tensor(labels)))
+
+
+def _require_same_kink_sides(X, num_bins):
+    """NotApplicable when PML's own arithmetic puts a distance on another side of a kink than the
+    exact distance: PML bins cdist(u, v)**2 (sqrt then square: 2 becomes 2.0000000000000004) against
+    torch.linspace centres and a rounded Delta = 4/B, so a distance exactly on the grid can land an ulp
+    to either side, where its autograd slope is a one-sided one decided by that round-off. Where every
+    pair's branch (sign of d - z_l, sign of the kernel's argument) is the same as on the exact grid
+    t = (2 - 2 u.v) B / 4, PML's gradient must equal gpwref's "zero" rule, kinks included (at d = 0,
+    and e.g. at d = 1 with B = 4, where cdist and linspace are exact: tests/test_losses_proxy_ranking.py)."""
+    with torch.no_grad():
+        U = torch.nn.functional.normalize(X.detach(), p=2, dim=1)
+        theirs = torch.cdist(U, U) ** 2
+        centres = torch.linspace(0.0, 4.0, steps=num_bins + 1, dtype=U.dtype)
+        their_offset = theirs[..., None] - centres
+        their_arg = 1 - their_offset.abs() / (4.0 / num_bins)
+        S = U @ U.T
+        exact_d = torch.where((1 - S).abs() <= GAP, torch.zeros_like(S), 2 - 2 * S)
+        offset = (exact_d * num_bins / 4)[..., None] - torch.arange(num_bins + 1, dtype=U.dtype)
+        arg = 1 - offset.abs()
+    used = ~torch.eye(X.shape[0], dtype=torch.bool)  # PML uses every pair but the self pairs
+    same = (torch.sign(their_offset) == torch.sign(offset)) & (torch.sign(their_arg) == torch.sign(arg))
+    if not bool(same.all(dim=2)[used].all()):
+        raise NotApplicable("PML's cdist**2 and linspace centres put a distance on the other side of a bin-grid kink "
+                            "than the exact distance (its slope there is decided by that round-off)")
 
 
 def _unless_flat(value):
