@@ -54,7 +54,7 @@ def _numba_stages(X, y):
     X = X.astype(np.float32)
     m = X.shape[0]
     U, norms = backends._unit_rows(cpu, X, "embeddings")
-    S = U @ U.T
+    S = cpu.gram(U)
     hp = backends.ms_scalars(HYPER, dtype)
     rules = backends.ms_rules(PROFILE, dtype)
     common = (rules["value_rule"], rules["self_threshold"], hp["mine"], hp["eps"], rules["compare"])
@@ -75,13 +75,13 @@ def _numba_stages(X, y):
 
     def similarity():
         U_, _ = backends._unit_rows(cpu, X, "embeddings")
-        return U_ @ U_.T
+        return cpu.gram(U_)
 
     def embedding_gradient():
         return backends._through(cpu, H @ U, U, norms)
 
-    def gemm_s():
-        return U @ U.T
+    def gemm_s():  # syrk + the tiled mirror, as the pipeline forms S on the batch
+        return cpu.gram(U)
 
     def gemm_grad():
         return H @ U

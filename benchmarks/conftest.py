@@ -49,8 +49,11 @@ def pytest_configure(config):
     import numba
     import torch
 
+    from gpwref.kernels import cpu
+
     torch.set_num_threads(int(THREADS))
     numba.set_num_threads(min(int(THREADS), numba.config.NUMBA_NUM_THREADS))
+    cpu.set_max_threads(int(THREADS))  # gpwref's CPU kernels run on their own thread pool
     try:
         from threadpoolctl import threadpool_limits
 
@@ -72,7 +75,7 @@ def pytest_benchmark_update_machine_info(config, machine_info):
         "numpy": numpy.__version__,
         "numba": numba.__version__,
         "torch": torch.__version__,
-        "threads": {"requested": THREADS, "numba": numba.get_num_threads(), "torch": torch.get_num_threads(),
+        "threads": {"requested": THREADS, "gpwref_cpu_pool": _gpwref_threads(), "torch": torch.get_num_threads(),
                     "numba_threading_layer": _threading_layer()},
         "cpu_model": _cpu_model(),
         "load_average_at_start": os.getloadavg(),  # other processes on a shared machine inflate wall times
@@ -101,6 +104,12 @@ def pytest_benchmark_update_machine_info(config, machine_info):
         info["gpu"] = None
         info["gpu_absent_because"] = why
     machine_info["gpwref"] = info
+
+
+def _gpwref_threads():
+    from gpwref.kernels import cpu
+
+    return cpu.max_threads()
 
 
 def _threading_layer():

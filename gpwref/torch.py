@@ -24,7 +24,7 @@ from .errors import GpwrefError
 from .kernels.backends import KERNEL_LOSSES
 from .profiles import get_profile
 
-__all__ = ["loss", "KernelLoss", "MultiSimilarityLoss", "BinomialDevianceLoss", "ContrastiveLoss"]
+__all__ = ["loss", "KernelLoss", "MultiSimilarityLoss", "BinomialDevianceLoss", "ContrastiveLoss", "LiftedStructureLoss"]
 
 _DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 
@@ -85,6 +85,14 @@ class ContrastiveLoss(KernelLoss):
 
     def __init__(self, *, profile: str = "paper", normalize: bool = True, backend: str | None = None, **hyper):
         super().__init__("contrastive", profile=profile, normalize=normalize, backend=backend, **hyper)
+
+
+class LiftedStructureLoss(KernelLoss):
+    """The lifted structured loss (Song et al. 2016, ``form="song"``, or the generalised per-anchor
+    form) on gpwref's kernels, batch only; see ``gpwref.losses.lifted_structure``."""
+
+    def __init__(self, *, profile: str = "paper", normalize: bool = True, backend: str | None = None, **hyper):
+        super().__init__("lifted_structure", profile=profile, normalize=normalize, backend=backend, **hyper)
 
 
 class _Config:

@@ -79,8 +79,13 @@ def test_numba_float64_matches_reference(loss, profile, variant, batch):
 
 
 def _lipschitz_weights(loss, hyper):
-    """False for euclidean contrastive: its weight 1/d magnifies S's last-bit differences by 1/d^2
-    near duplicates (the policy's conditioning bound covers it)."""
+    """False for euclidean contrastive and lifted: their weight 1/d magnifies S's last-bit differences
+    by 1/d^2 near duplicates (the policy's conditioning bound covers it; tests/test_kernels_lifted.py
+    checks the lifted kernels to 1e-12 on the reference's own S)."""
+    if loss == "lifted_structure":
+        from gpwref.losses.lifted_structure import for_form
+
+        return for_form(hyper["distance"], hyper["form"]) != "euclidean"
     return not (loss == "contrastive" and hyper["distance"] == "euclidean")
 
 
@@ -152,7 +157,8 @@ def test_numba_bitwise_deterministic(dtype, loss):
     R, yr = _clustered(160, 16, 4, 2.0, seed=6)
     assert X.shape[0] * R.shape[0] >= backends.PARALLEL_MIN_PAIRS
     profile = "pml" if "pml" in gpwref.get_entry(loss).defaults else "paper"
-    for kwargs in ({}, {"ref": R, "ref_labels": yr}):
+    with_ref = ({"ref": R, "ref_labels": yr},) if gpwref.get_entry(loss).supports_ref else ()  # lifted: batch only
+    for kwargs in ({}, *with_ref):
         runs = [gpwref.compute(loss, X, y, profile=profile, backend="numba", dtype=dtype, **kwargs) for _ in range(3)]
         for other in runs[1:]:
             assert other.loss == runs[0].loss
@@ -160,6 +166,45 @@ def test_numba_bitwise_deterministic(dtype, loss):
                 assert np.array_equal(getattr(other, name), getattr(runs[0], name)), name
             if "ref" in kwargs:
                 assert np.array_equal(other.grad_ref, runs[0].grad_ref)
+
+
+@pytest.mark.parametrize("m", [1, 2, 31, 32, 33, 65, 100])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gram_is_exactly_symmetric_and_matches_the_product(m, dtype):
+    """cpu.gram (syrk + tiled mirror): C-ordered, S == S^T bit for bit, and U U^T in float64 within
+    the dtype's accumulated round-off (d eps |u_i| |u_j|), at sizes on and across the 32-row tiles."""
+    from gpwref.kernels import cpu
+
+    U = np.random.default_rng(m).normal(size=(m, 9)).astype(dtype)
+    S = cpu.gram(U)
+    assert S.dtype == dtype and S.flags.c_contiguous and S.shape == (m, m)
+    assert np.array_equal(S, S.T)
+    U64 = U.astype(np.float64)
+    want = U64 @ U64.T
+    bound = 9 * np.finfo(dtype).eps * np.outer(np.linalg.norm(U64, axis=1), np.linalg.norm(U64, axis=1))
+    assert np.all(np.abs(S - want) <= bound)
+
+
+@pytest.mark.parametrize("loss", backends.KERNEL_LOSSES)
+def test_numba_bits_do_not_depend_on_threads_or_chunks(loss, monkeypatch):
+    """The row kernels run in chunks on gpwref's thread pool: one thread, the pool, and another
+    chunking (7 chunks per thread, so chunk edges fall elsewhere) give identical bits."""
+    from gpwref.kernels import cpu
+
+    X, y = _clustered(256, 16, 4, 2.0, seed=7)
+    profile = "pml" if "pml" in gpwref.get_entry(loss).defaults else "paper"
+    run = lambda: gpwref.compute(loss, X, y, profile=profile, backend="numba", dtype="float32")  # noqa: E731
+    with cpu.threads(1):
+        want = run()
+    monkeypatch.setattr(cpu, "CHUNKS_PER_THREAD", 7)
+    calls = []
+    real_submit = cpu._executor().submit
+    monkeypatch.setattr(cpu._executor(), "submit", lambda *a, **k: calls.append(1) or real_submit(*a, **k))
+    for got in (run(), run()):
+        for name in ("per_anchor", "grad_sim", "grad_emb", "pos_used", "neg_used"):
+            assert np.array_equal(getattr(got, name), getattr(want, name)), name
+    if cpu.max_threads() > 1:
+        assert calls, "the pool was never used: the test would not see a chunking difference"
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

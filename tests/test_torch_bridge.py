@@ -40,7 +40,11 @@ def _autograd_reference(X, y, profile, R=None, yr=None, loss_name=LOSS, **hyper)
 
 @pytest.mark.parametrize("name,profile,hyper", [(LOSS, "paper", {}), (LOSS, "pml", {"eps": 0.1}), (LOSS, "pml", {}),
                                                (LOSS, "official", {}), ("binomial_deviance", "paper", {}),
-                                               ("contrastive", "paper", {}), ("contrastive", "pml", {})])
+                                               ("contrastive", "paper", {}), ("contrastive", "pml", {}),
+                                               ("lifted_structure", "paper", {"form": "song"}),
+                                               ("lifted_structure", "paper", {"form": "generalized"}),
+                                               ("lifted_structure", "pml", {"form": "song"}),
+                                               ("lifted_structure", "pml", {"form": "generalized"})])
 def test_float64_bridge_matches_autograd_and_reference(name, profile, hyper):
     X, y = _clustered(24, 6, 4, 2.0, seed=1)
     leaf = torch.tensor(X, requires_grad=True)
@@ -140,3 +144,20 @@ def test_bad_inputs_are_refused():
         MultiSimilarityLoss(alpha=-1.0)
     with pytest.raises(gpwref.GpwrefError, match="loss"):
         KernelLoss("no_such_loss")
+
+
+def test_lifted_module_trains_and_refuses_a_reference_set():
+    """LiftedStructureLoss (batch only): float32 forward + backward within 1e-5 of the float64
+    reference, and a memory bank is refused as the reference refuses it."""
+    from gpwref.torch import LiftedStructureLoss
+
+    X, y = _clustered(64, 16, 4, 2.0, seed=8)
+    for form in ("song", "generalized"):
+        leaf = torch.tensor(X, dtype=torch.float32, requires_grad=True)
+        value = LiftedStructureLoss(form=form)(leaf, torch.tensor(y))
+        value.backward()
+        want = gpwref.compute("lifted_structure", X, y, form=form)
+        assert abs(value.item() - want.loss) <= 1e-5 * abs(want.loss)
+        assert rel_err(leaf.grad.numpy(), want.grad_emb) <= 1e-5
+    with pytest.raises(gpwref.GpwrefError, match="defined on the batch only"):
+        LiftedStructureLoss()(torch.tensor(X), torch.tensor(y), ref=torch.tensor(X), ref_labels=torch.tensor(y))

@@ -20,7 +20,6 @@ otherwise.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 
 import numpy as np
 
@@ -32,7 +31,7 @@ BACKENDS = ("numpy", "numba", "cuda")
 DTYPES = {None: np.dtype(np.float64), "float64": np.dtype(np.float64), "float32": np.dtype(np.float32)}
 
 # Losses with kernels (the NumPy backend runs every catalog loss).
-KERNEL_LOSSES = ("multi_similarity", "binomial_deviance", "contrastive")
+KERNEL_LOSSES = ("multi_similarity", "binomial_deviance", "contrastive", "lifted_structure")
 
 
 def select(backend, dtype, loss: str) -> np.dtype:
@@ -207,24 +206,11 @@ PARALLEL_MIN_PAIRS = 1 << 15
 SYMMETRIC_BLOCK_BYTES = 8 << 20
 
 
-@contextmanager
-def _numba_threads(pairs: int):
-    """Run small problems on the calling thread only (``numba.set_num_threads`` is thread-local)."""
-    import numba
-
-    if pairs >= PARALLEL_MIN_PAIRS:
-        yield
-        return
-    previous = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
-        yield
-    finally:
-        numba.set_num_threads(previous)
-
-
 def _numba(entry, profile, params, X, y, R, yr, ref_is_batch, ref_self, normalize, dtype) -> Result:
-    with _numba_threads(X.shape[0] * (X.shape[0] if ref_is_batch else R.shape[0])):
+    from . import cpu
+
+    pairs = X.shape[0] * (X.shape[0] if ref_is_batch else R.shape[0])
+    with cpu.threads(1 if pairs < PARALLEL_MIN_PAIRS else cpu.max_threads()):
         return _numba_pipeline(entry, profile, params, X, y, R, yr, ref_is_batch, ref_self, normalize, dtype)
 
 
@@ -238,9 +224,9 @@ def _numba_pipeline(entry, profile, params, X, y, R, yr, ref_is_batch, ref_self,
         V, ref_norms = (U, norms) if ref_is_batch else _unit_rows(cpu, R, "ref")
     else:
         U, V = X, R
-    # U @ U.T is BLAS syrk (NumPy mirrors the computed triangle): S is exactly symmetric, which
-    # the MS kernels use to form G + G^T without transposing G (see cpu.py).
-    S = U @ V.T
+    # On the batch S = U U^T is BLAS syrk, mirrored (cpu.gram): exactly symmetric, which the MS
+    # kernels use to form G + G^T without transposing G (see cpu.py).
+    S = cpu.gram(U) if ref_is_batch else U @ V.T
     symmetric = ref_is_batch and entry.name == "multi_similarity" and _looks_symmetric(S)
     pair = _numba_pairs(cpu, entry, profile, params, S, y, yr, ref_is_batch, ref_self, dtype, U if symmetric else None)
     G = pair["grad_sim"]
@@ -357,6 +343,8 @@ def _numba_pairs(cpu, entry, profile, params, S, y, yr, ref_is_batch, ref_self, 
         else:
             cpu.ms_rows(S, y, yr, own, *common, *scalars, G, pos_used, neg_used)
         return out
+    if entry.name == "lifted_structure":
+        return lifted_numba(cpu, profile, params, S, y, own, dtype, G, pos_used, neg_used, per_anchor, counts)
     if entry.name == "binomial_deviance":
         cpu.binomial_rows(S, y, yr, own, *pair_rules(profile, dtype), *binomial_scalars(params),
                           G, pos_used, neg_used, per_anchor, counts)
@@ -380,4 +368,50 @@ def _numba_pairs(cpu, entry, profile, params, S, y, yr, ref_is_batch, ref_self, 
         pos_used[:] = False
         neg_used[:] = False
         per_anchor[:] = 0
+    return {"grad_sim": G, "pos_used": pos_used, "neg_used": neg_used, "per_anchor": per_anchor}
+
+
+# ---------------------------------------------------------------------------------------------
+# Lifted structured loss (both forms, batch only)
+
+
+def lifted_scalars(params: dict) -> tuple:
+    """(form, distance code, pos_margin, neg_margin, duplicate gap) of the chosen form (the
+    distance and margins may be given per form, ``lifted_structure.for_form``)."""
+    from ..losses.lifted_structure import DUPLICATE_GAP, for_form
+
+    form = params["form"]
+    return (form, scalar.DISTANCE_CODES[for_form(params["distance"], form)], float(for_form(params["pos_margin"], form)),
+            float(for_form(params["neg_margin"], form)), float(DUPLICATE_GAP))
+
+
+def lifted_zero_rule(counts: np.ndarray, profile) -> bool:
+    """PML's pair-count rule (``gpwref.pairs.zero_by_pair_count``) on the row counts of every pair."""
+    return bool(profile.zero_if_at_most_one_pair and counts[:, 0].sum() <= 1 and counts[:, 1].sum() <= 1)
+
+
+def lifted_numba(cpu, profile, params, S, y, own, dtype, G, pos_used, neg_used, per_anchor, counts) -> dict:
+    """The lifted loss's Numba kernels on the batch's S (pass 1: every row's log-sum-exps; pass 2:
+    the chosen form's rows). Song's pass 2 needs Q, the batch's count of ordered positive pairs:
+    a host sum of the per-row counts between the passes."""
+    form, distance, pos_margin, neg_margin, gap = lifted_scalars(params)
+    rules = pair_rules(profile, dtype)
+    scores = (distance, pos_margin, neg_margin, gap)
+    groups = same_label_columns(y, y)
+    m = S.shape[0]
+    stats = np.empty((m, 6), dtype=np.float64)
+    cpu.lifted_row_stats(S, y, own, *groups, *rules, *scores, stats, counts)
+    check_counts(counts, profile, "lifted_structure")
+    ordered_pairs = int(counts[:, 0].sum())
+    if lifted_zero_rule(counts, profile) or (form == "song" and ordered_pairs == 0):
+        G[:] = 0
+        pos_used[:] = False
+        neg_used[:] = False
+        per_anchor[:] = 0.0
+    elif form == "song":
+        cpu.lifted_song_rows(S, y, own, *groups, *rules, *scores, float(ordered_pairs), stats,
+                             G, pos_used, neg_used, per_anchor)
+    else:
+        cpu.lifted_generalized_rows(S, y, own, *rules, *scores, profile.empty_lse == "zero", stats, counts,
+                                    G, pos_used, neg_used, per_anchor)
     return {"grad_sim": G, "pos_used": pos_used, "neg_used": neg_used, "per_anchor": per_anchor}

@@ -1,17 +1,33 @@
 """Numba CUDA kernels and the CUDA backend.
 
-Layout of one forward + backward (batch as its own reference; a reference set adds the ``ref``
-rows and a second gradient GEMM):
+Launch plan of one forward + backward (issue 3's GPU goal: at most 3 launches at m = 80):
 
-1. ``unit_rows``      one block per row: |x_i| (tree reduction in float64), u_i = x_i / |x_i|, and a
-                      flag for a non-finite row (device inputs are validated here, not on the host);
-2. ``gemm_nt``        S = U V^T, shared-memory tiles (TILE x TILE threads, one output each);
-3. ``ms_rows``        one block per anchor row: pair kinds, hardest positive/negative, mining,
-                      exponentials, add-one log-sum-exp, G and the kept-pair masks, per-anchor value;
-4. ``gemm_grad``      dL/dU = (G + G^T) U (or G V and G^T U with a reference set); G + G^T is formed
-                      while a tile is loaded into shared memory, in the same order as the CPU's
-                      ``G[i, j] + G[j, i]``;
-5. ``through_norm``   one block per row: dL/dx_i = (g_i - u_i (g_i . u_i)) / |x_i|.
+1. ``similarity``     S = U V^T with the normalisation fused: TILE x TILE blocks, one output each;
+                      each block first computes the norms of its tile's rows of X and of V's rows
+                      (float64, tree over the tile's threads), then divides every element by its
+                      row's norm as it loads it into shared memory. The norms (for launch 3) and
+                      per-row flags (non-finite / all zeros: device inputs are validated here and
+                      the host raises) are written once, by the blocks of tile column 0 (X) and of
+                      tile row 0 (the reference set), one thread per row;
+2. ``ms_rows``        one block per anchor row: pair kinds, hardest positive/negative, mining,
+                      exponentials, add-one log-sum-exp, G and the kept-pair masks, per-anchor value
+                      (``binomial_rows`` / ``contrastive_rows`` for the other kernel losses);
+3. ``embedding_grad`` dL/dX = P((G + G^T) U) (G V, and dL/dR = P(G^T U) in the same launch, with a
+                      reference set), P_i(g) = (g - u_i (g . u_i)) / |x_i| the normalisation's
+                      backward, fused: unit rows are formed on load from the raw rows and launch
+                      1's norms, G + G^T while a tile is loaded (the CPU's order G[i, j] + G[j, i]),
+                      and the radial part g_i . u_i = sum_j H_ij S_ij (u_j . u_i = S_ij) is summed
+                      from tiles of H and S next to the GEMM's, so every output tile is
+                      independent (no block has to own a whole row of d columns).
+
+Launches per path (counted in tests/test_kernels_cuda.py at the simulator's kernel call): MS on the
+batch or with a reference set, binomial deviance: 3; contrastive: 4 (its batch-wide rescaling,
+``scale_rows``, needs every row's totals first); lifted_structure: 4 (two row passes, measured
+once, not asserted); a device input in another dtype: +1 (``cast``);
+PML's "at most one kept pair" zero rule: +4 (``fill_zero``). Host synchronisation besides
+launches: the row flags (m integers, host inputs too: a float32 cast can overflow), the pair
+counts where the profile needs them, and the per-anchor values. ``unit_rows``, ``gemm_nt``,
+``gemm_grad`` and ``through_norm`` are the unfused stages, kept for the per-stage benchmark.
 
 Determinism: no kernel uses atomics. Every reduction is a thread-strided partial sum in a fixed
 order followed by a shared-memory tree in a fixed order, and every output element is written by
@@ -63,6 +79,10 @@ logistic = _S["logistic"]
 binomial_positive_logit = _S["binomial_positive_logit"]
 binomial_negative_logit = _S["binomial_negative_logit"]
 contrastive_pair = _S["contrastive_pair"]
+lifted_scores = _S["lifted_scores"]
+lifted_song_pair = _S["lifted_song_pair"]
+lifted_generalized_logit = _S["lifted_generalized_logit"]
+log_sum_from_shifted = _S["log_sum_from_shifted"]
 
 POSITIVE = scalar.POSITIVE
 NEGATIVE = scalar.NEGATIVE
@@ -201,11 +221,188 @@ def kernels(dtype_name: str, threads: int = THREADS, tile: int = TILE, max_block
             cuda.syncthreads()
 
     @cuda.jit
+    def similarity(A, B, C, a_norms, b_norms, a_flags, b_flags, normalize, same):
+        """C = U V^T with u_i = a_i / |a_i|, v_j = b_j / |b_j| (C = A B^T without ``normalize``): the
+        normalisation fused into the GEMM. A (TILE, TILE) block first computes the norms of its
+        tile's TILE rows of A and TILE rows of B (thread (ty, tx) sums the squares of columns tx,
+        tx + TILE, ... in float64, then a tree over tx), then divides each element by its row's norm
+        as it loads it into shared memory (``x / |x|`` as the reference). Every block computes a
+        row's norm with the same code in the same order, so every copy has the same bits; the
+        norms and flags are written once: A's by the blocks of tile column 0, B's by those of tile
+        row 0 (none when ``same``: B is A), one thread per row. Flags: 0 finite and non-zero, 1 a
+        non-finite entry, 2 all zeros (such rows are not divided; the host then raises). The price
+        of the saved launch: every tile reads its 2 TILE rows twice (norms, then the product) and
+        recomputes norms other tiles also compute, O(m n d / TILE) extra reads and flops."""
+        a_tile = cuda.shared.array((T, TP), real)
+        b_tile = cuda.shared.array((T, TP), real)  # b_tile[k, j] = V[j, k]
+        a_sq = cuda.shared.array((T, TP), f64)
+        b_sq = cuda.shared.array((T, TP), f64)
+        a_ok = cuda.shared.array((T, TP), i64)
+        b_ok = cuda.shared.array((T, TP), i64)
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        m, d = A.shape
+        n = B.shape[0]
+        tiles_n = (n + T - 1) // T
+        tiles = ((m + T - 1) // T) * tiles_n
+        for tile_id in range(cuda.blockIdx.x, tiles, cuda.gridDim.x):
+            tile_row = tile_id // tiles_n
+            tile_col = tile_id % tiles_n
+            row = tile_row * T + ty
+            col0 = tile_col * T
+            col = col0 + tx
+            b_row = col0 + ty
+            # pass 1: |A[row]| and |B[b_row]| (the TILE threads of row ty)
+            sq_a = 0.0
+            sq_b = 0.0
+            ok_a = 1
+            ok_b = 1
+            for k in range(tx, d, T):
+                if row < m:
+                    x = f64(A[row, k])
+                    if math.isinf(x) or math.isnan(x):
+                        ok_a = 0
+                    else:
+                        sq_a += x * x
+                if b_row < n:
+                    x = f64(B[b_row, k])
+                    if math.isinf(x) or math.isnan(x):
+                        ok_b = 0
+                    else:
+                        sq_b += x * x
+            a_sq[ty, tx] = sq_a
+            b_sq[ty, tx] = sq_b
+            a_ok[ty, tx] = ok_a
+            b_ok[ty, tx] = ok_b
+            cuda.syncthreads()
+            step = T // 2
+            while step > 0:
+                if tx < step:
+                    a_sq[ty, tx] += a_sq[ty, tx + step]
+                    b_sq[ty, tx] += b_sq[ty, tx + step]
+                    a_ok[ty, tx] = min(a_ok[ty, tx], a_ok[ty, tx + step])
+                    b_ok[ty, tx] = min(b_ok[ty, tx], b_ok[ty, tx + step])
+                cuda.syncthreads()
+                step //= 2
+            a_norm = math.sqrt(a_sq[ty, 0])
+            b_norm = math.sqrt(b_sq[ty, 0])
+            a_flag = 1 if a_ok[ty, 0] == 0 else (2 if a_norm == 0.0 else 0)
+            b_flag = 1 if b_ok[ty, 0] == 0 else (2 if b_norm == 0.0 else 0)
+            if tx == 0 and tile_col == 0 and row < m:
+                a_norms[row] = a_norm
+                a_flags[row] = a_flag
+            if tx == 0 and tile_row == 0 and b_row < n and not same:
+                b_norms[b_row] = b_norm
+                b_flags[b_row] = b_flag
+            a_div = a_norm if (normalize and a_flag == 0) else 1.0
+            b_div = b_norm if (normalize and b_flag == 0) else 1.0
+            a_load = row < m and a_flag != 1  # a non-finite row loads zeros: no inf * 0 in S (the
+            b_load = b_row < n and b_flag != 1  # host raises on its flag before S is used)
+            # pass 2: the tile of S (pass 1's shared arrays are not touched again in this tile and
+            # the loop below ends with a barrier, so the next tile may overwrite them)
+            acc = real_np(0)
+            for k0 in range(0, d, T):
+                k = k0 + tx
+                a_tile[ty, tx] = A[row, k] / a_div if (a_load and k < d) else real_np(0)
+                b_tile[tx, ty] = B[b_row, k] / b_div if (b_load and k < d) else real_np(0)
+                cuda.syncthreads()
+                for kk in range(T):
+                    acc += a_tile[ty, kk] * b_tile[kk, tx]
+                cuda.syncthreads()
+            if row < m and col < n:
+                C[row, col] = acc
+
+    @cuda.jit(device=True)
+    def embedding_grad_tile(G, S, V, v_norms, own, own_norms, out, row0, col0, mode, normalize,
+                            h_tile, v_tile, s_tile, radial):
+        """One TILE x TILE tile (rows row0.., columns col0..) of an embedding gradient
+        (``embedding_grad``): g = H V' with V' the unit rows of V (formed on load, ``v / |v|`` as in ``similarity``) and
+        H = G (mode 0), G^T (mode 1) or G + G^T (mode 2, formed on load in the CPU's order
+        ``G[i, j] + G[j, i]``); with ``normalize``, out_i = (g_i - u_i (g_i . u_i)) / |own_i|.
+
+        The radial component needs no sweep over the row's d columns: g_i . u_i = sum_k H_ik
+        (v_k . u_i) = sum_k H_ik S_ik (S^T for mode 1), accumulated in float64 from tiles of H and S
+        loaded next to the GEMM's, then a tree over tx. So every output tile is independent (the
+        grid covers rows x columns, as a plain GEMM's) and each entry is written once."""
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        rows, d = out.shape
+        inner = V.shape[0]
+        row = row0 + ty
+        col = col0 + tx
+        acc = real_np(0)
+        part = 0.0  # this thread's share of sum_k H_row,k S_row,k: columns k0 + tx
+        for k0 in range(0, inner, T):
+            if mode == 1:
+                h_tile[ty, tx] = real_np(0)
+            else:  # H[row, k0 + tx] = G[row, k0 + tx]
+                h_tile[ty, tx] = G[row, k0 + tx] if (row < rows and k0 + tx < inner) else real_np(0)
+            if normalize:
+                if mode == 1:  # S^T[row0 + tx, k0 + ty] = S[k0 + ty, row0 + tx] (coalesced over tx)
+                    s_tile[tx, ty] = S[k0 + ty, row0 + tx] if (k0 + ty < inner and row0 + tx < rows) else real_np(0)
+                else:
+                    s_tile[ty, tx] = S[row, k0 + tx] if (row < rows and k0 + tx < inner) else real_np(0)
+            cuda.syncthreads()
+            if mode != 0:  # H[row0 + tx, k0 + ty] += G[k0 + ty, row0 + tx] (coalesced over tx)
+                if k0 + ty < inner and row0 + tx < rows:
+                    h_tile[tx, ty] = h_tile[tx, ty] + G[k0 + ty, row0 + tx]
+            v_row = k0 + ty
+            if v_row < inner and col < d:
+                v_tile[ty, tx] = V[v_row, col] / v_norms[v_row] if normalize else V[v_row, col]
+            else:
+                v_tile[ty, tx] = real_np(0)
+            cuda.syncthreads()
+            if normalize:
+                part += f64(h_tile[ty, tx]) * f64(s_tile[ty, tx])
+            for kk in range(T):
+                acc += h_tile[ty, kk] * v_tile[kk, tx]
+            cuda.syncthreads()
+        if normalize:
+            radial[ty, tx] = part
+            cuda.syncthreads()
+            step = T // 2
+            while step > 0:
+                if tx < step:
+                    radial[ty, tx] += radial[ty, tx + step]
+                cuda.syncthreads()
+                step //= 2
+            if row < rows and col < d:  # (radial is rewritten only after the next tile's barriers)
+                unit = real(own[row, col] / own_norms[row])
+                out[row, col] = (acc - unit * radial[ty, 0]) * (1.0 / own_norms[row])
+        elif row < rows and col < d:
+            out[row, col] = acc
+
+    @cuda.jit
+    def embedding_grad(G, S, A, a_norms, B, b_norms, grad_a, grad_b, symmetric, normalize):
+        """The embedding gradients with the normalisation's backward fused in (``embedding_grad_tile``).
+        Jobs, TILE x TILE output tiles (blocks stride over them by gridDim.x): the tiles of grad_a
+        = (G + G^T) U on the batch (``symmetric``; B is A) or G V with a reference set, then, with a
+        reference set, those of grad_b = G^T U. Unit rows come from the raw rows and the norms that
+        ``similarity`` wrote."""
+        h_tile = cuda.shared.array((T, TP), real)
+        v_tile = cuda.shared.array((T, TP), real)
+        s_tile = cuda.shared.array((T, TP), real)
+        radial = cuda.shared.array((T, TP), f64)
+        d = A.shape[1]
+        tiles_d = (d + T - 1) // T
+        jobs_a = ((A.shape[0] + T - 1) // T) * tiles_d
+        jobs = jobs_a if symmetric else jobs_a + ((B.shape[0] + T - 1) // T) * tiles_d
+        for job in range(cuda.blockIdx.x, jobs, cuda.gridDim.x):
+            if job < jobs_a:
+                embedding_grad_tile(G, S, B, b_norms, A, a_norms, grad_a, (job // tiles_d) * T,
+                                    (job % tiles_d) * T, 2 if symmetric else 0, normalize,
+                                    h_tile, v_tile, s_tile, radial)
+            else:
+                job_b = job - jobs_a
+                embedding_grad_tile(G, S, A, a_norms, B, b_norms, grad_b, (job_b // tiles_d) * T,
+                                    (job_b % tiles_d) * T, 1, normalize, h_tile, v_tile, s_tile, radial)
+
+    @cuda.jit
     def ms_rows(S, labels, ref_labels, self_col, value_rule, self_threshold, mine, eps, compare, skip_empty,
                 alpha, beta, lam, inf, G, pos_used, neg_used, per_anchor, counts):
         """The MS loss, one anchor row per block (striding by gridDim.x): the passes of
         ``cpu.ms_row_stats`` then ``cpu.ms_rows`` in one kernel, with block-wide tree reductions in
-        place of the sequential loops (G + G^T is formed later, inside ``gemm_grad``)."""
+        place of the sequential loops (G + G^T is formed later, inside ``embedding_grad``)."""
         lo = cuda.shared.array(threads, real)
         hi = cuda.shared.array(threads, real)
         num_pos = cuda.shared.array(threads, i64)
@@ -463,10 +660,198 @@ def kernels(dtype_name: str, threads: int = THREADS, tile: int = TILE, max_block
         for k in range(cuda.blockIdx.x * threads + cuda.threadIdx.x, a.shape[0], cuda.gridDim.x * threads):
             a[k] = 0
 
+    @cuda.jit
+    def lifted_row_stats(S, labels, self_col, same_order, same_start, same_end, value_rule, self_threshold,
+                         distance, pos_margin, neg_margin, duplicate_gap, stats, counts):
+        """Lifted loss, pass 1, one row per block (``cpu.lifted_row_stats``): the row's largest
+        positive and negative scores and its pair counts by one fixed-shape tree, then the sums of
+        exp(z - largest) by another; thread 0 writes ``stats[i]`` and ``counts[i]``."""
+        acc = cuda.shared.array((2, threads), f64)
+        num = cuda.shared.array((2, threads), i64)
+        t = cuda.threadIdx.x
+        m, n = S.shape
+        for i in range(cuda.blockIdx.x, m, cuda.gridDim.x):
+            label = labels[i]
+            own = self_col[i]
+            lo = same_start[i]
+            hi = same_end[i]
+            pos_top = -math.inf
+            neg_top = -math.inf
+            n_pos = 0
+            n_neg = 0
+            for q in range(lo + t, hi, threads):
+                j = same_order[q]
+                s = S[i, j]
+                if pair_kind(s, True, j == own, value_rule, self_threshold) == POSITIVE:
+                    z_pos, _, _ = lifted_scores(f64(s), distance, pos_margin, neg_margin, duplicate_gap)
+                    n_pos += 1
+                    pos_top = max(pos_top, z_pos)
+            for j in range(t, n, threads):
+                if labels[j] != label:
+                    _, z_neg, _ = lifted_scores(f64(S[i, j]), distance, pos_margin, neg_margin, duplicate_gap)
+                    n_neg += 1
+                    neg_top = max(neg_top, z_neg)
+            acc[0, t] = pos_top
+            acc[1, t] = neg_top
+            num[0, t] = n_pos
+            num[1, t] = n_neg
+            cuda.syncthreads()
+            step = threads // 2
+            while step > 0:
+                if t < step:
+                    acc[0, t] = max(acc[0, t], acc[0, t + step])
+                    acc[1, t] = max(acc[1, t], acc[1, t + step])
+                    num[0, t] += num[0, t + step]
+                    num[1, t] += num[1, t + step]
+                cuda.syncthreads()
+                step //= 2
+            n_pos = num[0, 0]
+            n_neg = num[1, 0]
+            pos_top = acc[0, 0] if n_pos > 0 else 0.0
+            neg_top = acc[1, 0] if n_neg > 0 else 0.0
+            cuda.syncthreads()  # everyone has read the maxima before the arrays are reused
+            pos_sum = 0.0
+            neg_sum = 0.0
+            for q in range(lo + t, hi, threads):
+                j = same_order[q]
+                s = S[i, j]
+                if pair_kind(s, True, j == own, value_rule, self_threshold) == POSITIVE:
+                    z_pos, _, _ = lifted_scores(f64(s), distance, pos_margin, neg_margin, duplicate_gap)
+                    pos_sum += math.exp(z_pos - pos_top)
+            for j in range(t, n, threads):
+                if labels[j] != label:
+                    _, z_neg, _ = lifted_scores(f64(S[i, j]), distance, pos_margin, neg_margin, duplicate_gap)
+                    neg_sum += math.exp(z_neg - neg_top)
+            acc[0, t] = pos_sum
+            acc[1, t] = neg_sum
+            cuda.syncthreads()
+            step = threads // 2
+            while step > 0:
+                if t < step:
+                    acc[0, t] += acc[0, t + step]
+                    acc[1, t] += acc[1, t + step]
+                cuda.syncthreads()
+                step //= 2
+            if t == 0:
+                stats[i, 0] = pos_top
+                stats[i, 1] = acc[0, 0]
+                stats[i, 2] = neg_top
+                stats[i, 3] = acc[1, 0]
+                stats[i, 4] = log_sum_from_shifted(acc[0, 0], pos_top)
+                stats[i, 5] = log_sum_from_shifted(acc[1, 0], neg_top)
+                counts[i, 0] = n_pos
+                counts[i, 1] = n_neg
+                counts[i, 2] = n_pos
+                counts[i, 3] = n_neg
+            cuda.syncthreads()  # the shared arrays are reused by the next row
+
+    @cuda.jit
+    def lifted_song_rows(S, labels, self_col, same_order, same_start, same_end, value_rule, self_threshold,
+                         distance, pos_margin, neg_margin, duplicate_gap, ordered_pairs, stats,
+                         G, pos_used, neg_used, per_anchor):
+        """Song's lifted loss, pass 2, one row per block (``cpu.lifted_song_rows``): the row's
+        positives (strided over the threads) give G_ip, hinge^2 and the two parts of the negative
+        factor, summed by a fixed-shape tree; then every thread writes its columns' negatives."""
+        acc = cuda.shared.array((3, threads), f64)
+        t = cuda.threadIdx.x
+        m, n = S.shape
+        for i in range(cuda.blockIdx.x, m, cuda.gridDim.x):
+            label = labels[i]
+            own = self_col[i]
+            lse_i = stats[i, 5]
+            anchor_part = 0.0
+            partner_part = 0.0
+            hinge_sq = 0.0
+            for q in range(same_start[i] + t, same_end[i], threads):
+                p = same_order[q]
+                s = S[i, p]
+                if pair_kind(s, True, p == own, value_rule, self_threshold) == POSITIVE:
+                    z_pos, _, phi = lifted_scores(f64(s), distance, pos_margin, neg_margin, duplicate_gap)
+                    j_ip, coef, share_i, _ = lifted_song_pair(lse_i, stats[p, 5], z_pos, ordered_pairs)
+                    if j_ip > 0:
+                        hinge_sq += j_ip * j_ip
+                    anchor_part += coef * share_i
+                    G[i, p] = phi * (0.0 - coef)
+                    pos_used[i, p] = coef > 0 and phi != 0
+                    neg_used[i, p] = False
+                s_t = S[p, i]
+                if pair_kind(s_t, True, i == self_col[p], value_rule, self_threshold) == POSITIVE:
+                    z_pos_t, _, _ = lifted_scores(f64(s_t), distance, pos_margin, neg_margin, duplicate_gap)
+                    _, coef_t, _, share_i_t = lifted_song_pair(stats[p, 5], lse_i, z_pos_t, ordered_pairs)
+                    partner_part += coef_t * share_i_t
+            acc[0, t] = anchor_part
+            acc[1, t] = partner_part
+            acc[2, t] = hinge_sq
+            cuda.syncthreads()
+            step = threads // 2
+            while step > 0:
+                if t < step:
+                    acc[0, t] += acc[0, t + step]
+                    acc[1, t] += acc[1, t + step]
+                    acc[2, t] += acc[2, t + step]
+                cuda.syncthreads()
+                step //= 2
+            factor = acc[0, 0] + acc[1, 0]
+            if t == 0:
+                per_anchor[i] = acc[2, 0] / (2.0 * ordered_pairs)
+            top = stats[i, 2]
+            total = stats[i, 3]
+            for j in range(t, n, threads):
+                if labels[j] != label:
+                    _, z_neg, phi = lifted_scores(f64(S[i, j]), distance, pos_margin, neg_margin, duplicate_gap)
+                    weight = 0.0
+                    if factor > 0:
+                        weight = factor * (math.exp(z_neg - top) / total)
+                    G[i, j] = phi * weight
+                    pos_used[i, j] = False
+                    neg_used[i, j] = factor > 0 and phi != 0
+                elif pair_kind(S[i, j], True, j == own, value_rule, self_threshold) != POSITIVE:
+                    G[i, j] = real_np(0)
+                    pos_used[i, j] = False
+                    neg_used[i, j] = False
+            cuda.syncthreads()  # everyone has read the factor before the next row's tree
+
+    @cuda.jit
+    def lifted_generalized_rows(S, labels, self_col, value_rule, self_threshold, distance, pos_margin, neg_margin,
+                                duplicate_gap, empty_zero, stats, counts, G, pos_used, neg_used, per_anchor):
+        """The generalised lifted loss, pass 2, one row per block (``cpu.lifted_generalized_rows``):
+        no reduction left, every thread writes its own columns."""
+        t = cuda.threadIdx.x
+        m, n = S.shape
+        for i in range(cuda.blockIdx.x, m, cuda.gridDim.x):
+            label = labels[i]
+            own = self_col[i]
+            logit = lifted_generalized_logit(stats[i, 4], stats[i, 5], counts[i, 0], counts[i, 1], empty_zero)
+            active = logit > 0
+            if t == 0:
+                per_anchor[i] = (logit if active else 0.0) / m
+            scale = (1.0 if active else 0.0) / m
+            for j in range(t, n, threads):
+                s = S[i, j]
+                kind = pair_kind(s, labels[j] == label, j == own, value_rule, self_threshold)
+                weight = 0.0
+                used = False
+                if active and kind == POSITIVE:
+                    z_pos, _, phi = lifted_scores(f64(s), distance, pos_margin, neg_margin, duplicate_gap)
+                    weight = (scale * phi) * (0.0 - math.exp(z_pos - stats[i, 0]) / stats[i, 1])
+                    used = phi != 0
+                elif active and kind == NEGATIVE:
+                    _, z_neg, phi = lifted_scores(f64(s), distance, pos_margin, neg_margin, duplicate_gap)
+                    weight = (scale * phi) * (math.exp(z_neg - stats[i, 2]) / stats[i, 3])
+                    used = phi != 0
+                G[i, j] = weight
+                pos_used[i, j] = used and kind == POSITIVE
+                neg_used[i, j] = used and kind == NEGATIVE
+
     kernels_ = _Kernels(unit_rows, gemm_nt, gemm_grad, through_norm, ms_rows, binomial_rows, fill_zero, fill_zero_1d,
                         threads, tile, max_blocks)
     kernels_.contrastive_rows = contrastive_rows
     kernels_.scale_rows = scale_rows
+    kernels_.lifted_row_stats = lifted_row_stats
+    kernels_.lifted_song_rows = lifted_song_rows
+    kernels_.lifted_generalized_rows = lifted_generalized_rows
+    kernels_.similarity = similarity  # the pipeline's fused stages (unit_rows, gemm_nt, gemm_grad and
+    kernels_.embedding_grad = embedding_grad  # through_norm stay for the per-stage benchmark)
     return kernels_
 
 
@@ -510,7 +895,7 @@ def run(entry, profile, params, X, y, R, yr, ref_is_batch, ref_self, normalize, 
     _check_device_memory(X.shape[0], X.shape[0] if ref_is_batch else R.shape[0], X.shape[1], dtype, ref_is_batch)
     d_X = cuda.to_device(np.ascontiguousarray(X, dtype=dtype))
     d_R = None if ref_is_batch else cuda.to_device(np.ascontiguousarray(R, dtype=dtype))
-    out = _pipeline(entry, profile, params, d_X, y, d_R, yr, ref_is_batch, ref_self, normalize, dtype, validate=False)
+    out = _pipeline(entry, profile, params, d_X, y, d_R, yr, ref_is_batch, ref_self, normalize, dtype)
     return _to_host(out)
 
 
@@ -550,24 +935,30 @@ def run_device(entry, profile, params, embeddings, labels, ref, ref_labels, norm
     k = kernels(work.name)
     d_X = _cast(k, d_X, work)
     d_R = None if ref_is_batch else _cast(k, d_R, work)
-    return _pipeline(entry, profile, params, d_X, y, d_R, yr, ref_is_batch, ref_self, normalize, work, validate=True)
+    return _pipeline(entry, profile, params, d_X, y, d_R, yr, ref_is_batch, ref_self, normalize, work)
 
 
-def _pipeline(entry, profile, params, d_X, y, d_R, yr, ref_is_batch, ref_self, normalize, dtype, validate) -> Result:
+def _pipeline(entry, profile, params, d_X, y, d_R, yr, ref_is_batch, ref_self, normalize, dtype) -> Result:
     from .backends import ZERO_RULE_LOSSES, binomial_scalars, check_counts, contrastive_scalars, contrastive_scales, ms_rules, ms_scalars, pair_rules, self_columns
 
     dtype = np.dtype(dtype)
     k = kernels(dtype.name)
     m, d = d_X.shape
-    d_U, d_norms = _unit_rows(k, d_X, "embeddings", normalize, validate)
+    # launch 1: row norms + S = U V^T (V = U on the batch), the norms written for the gradient stage
+    d_norms = cuda.device_array(m, dtype=np.float64)
+    d_flags = cuda.device_array(m, dtype=np.int64)
     if ref_is_batch:
-        d_V, d_ref_norms, n = d_U, d_norms, m
+        d_R, d_ref_norms, d_ref_flags, n = d_X, d_norms, d_flags, m
     else:
-        d_V, d_ref_norms = _unit_rows(k, d_R, "ref", normalize, validate)
         n = d_R.shape[0]
+        d_ref_norms = cuda.device_array(n, dtype=np.float64)
+        d_ref_flags = cuda.device_array(n, dtype=np.int64)
     d_S = cuda.device_array((m, n), dtype=dtype)
     grid, block = k.tiles(m, n)
-    k.gemm_nt[grid, block](d_U, d_V, d_S)
+    k.similarity[grid, block](d_X, d_R, d_S, d_norms, d_ref_norms, d_flags, d_ref_flags, normalize, ref_is_batch)
+    _check_rows(d_flags, "embeddings", normalize)  # also host inputs: a float32 cast can overflow
+    if not ref_is_batch:
+        _check_rows(d_ref_flags, "ref", normalize)
 
     d_G = cuda.device_array((m, n), dtype=dtype)
     d_pos = cuda.device_array((m, n), dtype=np.bool_)
@@ -601,6 +992,8 @@ def _pipeline(entry, profile, params, d_X, y, d_R, yr, ref_is_batch, ref_self, n
         else:
             k.scale_rows[grid, block](d_G, d_pos, d_neg, pos_scale, neg_scale)
         d_per_anchor = cuda.to_device(per_anchor)
+    elif entry.name == "lifted_structure":
+        _lifted(k, profile, params, d_S, y, d_y, d_own, dtype, d_G, d_pos, d_neg, d_per_anchor, d_counts)
     else:  # pragma: no cover - select() admits only KERNEL_LOSSES
         raise AssertionError(entry.name)
     if profile.degenerate == "raise" or (profile.zero_if_at_most_one_pair and entry.name in ZERO_RULE_LOSSES):
@@ -609,22 +1002,12 @@ def _pipeline(entry, profile, params, d_X, y, d_R, yr, ref_is_batch, ref_self, n
                 k.fill_zero[grid, block](array)
             k.fill_zero_1d[grid, block](d_per_anchor)
 
-    if ref_is_batch:
-        d_gu = cuda.device_array((m, d), dtype=dtype)
-        grid, block = k.tiles(m, d)
-        k.gemm_grad[grid, block](d_G, d_U, d_gu, 2)
-        d_gv = None
-    else:
-        d_gu = cuda.device_array((m, d), dtype=dtype)
-        grid, block = k.tiles(m, d)
-        k.gemm_grad[grid, block](d_G, d_V, d_gu, 0)
-        d_gv = cuda.device_array((n, d), dtype=dtype)
-        grid, block = k.tiles(n, d)
-        k.gemm_grad[grid, block](d_G, d_U, d_gv, 1)
-    if normalize:
-        d_gu = _through(k, d_gu, d_U, d_norms)
-        if d_gv is not None:
-            d_gv = _through(k, d_gv, d_V, d_ref_norms)
+    # last launch: dL/dX (and dL/dR) with the normalisation's backward fused, one job per output tile
+    d_gu = cuda.device_array((m, d), dtype=dtype)
+    d_gv = None if ref_is_batch else cuda.device_array((n, d), dtype=dtype)
+    jobs = (_ceil_div(m, k.tile) + (0 if ref_is_batch else _ceil_div(n, k.tile))) * _ceil_div(d, k.tile)
+    k.embedding_grad[min(jobs, k.max_blocks), (k.tile, k.tile)](
+        d_G, d_S, d_X, d_norms, d_R, d_ref_norms, d_gu, d_gu if ref_is_batch else d_gv, ref_is_batch, normalize)
     per_anchor = d_per_anchor.copy_to_host()
     return Result(
         loss=float(per_anchor.sum()),
@@ -642,33 +1025,16 @@ def _pipeline(entry, profile, params, d_X, y, d_R, yr, ref_is_batch, ref_self, n
     )
 
 
-def _unit_rows(k, d_X, argument, normalize, validate):
-    m = d_X.shape[0]
-    d_norms = cuda.device_array(m, dtype=np.float64)
-    d_bad = cuda.device_array(m, dtype=np.int64)
-    if not normalize and not validate:
-        return d_X, None
-    d_U = cuda.device_array(d_X.shape, dtype=d_X.dtype) if normalize else d_X
-    grid, block = k.rows(m)
-    k.unit_rows[grid, block](d_X, d_U, d_norms, d_bad, normalize)
-    bad = d_bad.copy_to_host()
-    if bad.any():
-        row = int(np.argmax(bad))
+def _check_rows(d_flags, argument, normalize):
+    """Raise on the rows ``similarity`` flagged (a copy of m flags, no launch): a non-finite entry
+    (device inputs are validated here, not on the host), or, when normalising, an all-zero row."""
+    flags = d_flags.copy_to_host()
+    if np.any(flags == 1):
+        row = int(np.argmax(flags == 1))
         raise GpwrefError(argument, "must be finite (no NaN or inf)", f"non-finite value in row {row}")
-    if not normalize:
-        return d_X, None
-    norms = d_norms.copy_to_host()
-    if np.any(norms == 0.0):
-        row = int(np.argmax(norms == 0.0))
+    if normalize and np.any(flags == 2):
+        row = int(np.argmax(flags == 2))
         raise GpwrefError(argument, "rows must have non-zero norm to be L2-normalised (or pass normalize=False)", f"row {row} is all zeros")
-    return d_U, d_norms
-
-
-def _through(k, d_grad, d_U, d_norms):
-    d_out = cuda.device_array(d_grad.shape, dtype=d_grad.dtype)
-    grid, block = k.rows(d_grad.shape[0])
-    k.through_norm[grid, block](d_grad, d_U, d_norms, d_out)
-    return d_out
 
 
 def _device_matrix(obj, argument):
@@ -755,3 +1121,36 @@ def _to_host(result: Result) -> Result:
         profile=result.profile,
         hyper=result.hyper,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Lifted structured loss (both forms, batch only)
+
+
+def _lifted(k, profile, params, d_S, y, d_y, d_own, dtype, d_G, d_pos, d_neg, d_per_anchor, d_counts):
+    """The lifted loss's rows on the device, the passes of ``backends.lifted_numba``: pass 1 (every
+    row's log-sum-exps and counts), a host sum of the counts (Q, PML's pair-count rule), pass 2
+    (the chosen form's rows, or zeros). Two launches plus one m x 4 copy to the host."""
+    from .backends import check_counts, lifted_scalars, lifted_zero_rule, pair_rules, same_label_columns
+
+    form, distance, pos_margin, neg_margin, gap = lifted_scalars(params)
+    rules = pair_rules(profile, dtype)
+    scores = (distance, pos_margin, neg_margin, gap)
+    groups = tuple(cuda.to_device(array) for array in same_label_columns(y, y))
+    m = d_S.shape[0]
+    d_stats = cuda.device_array((m, 6), dtype=np.float64)
+    grid, block = k.rows(m)
+    k.lifted_row_stats[grid, block](d_S, d_y, d_own, *groups, *rules, *scores, d_stats, d_counts)
+    counts = d_counts.copy_to_host()
+    check_counts(counts, profile, "lifted_structure")
+    ordered_pairs = int(counts[:, 0].sum())
+    if lifted_zero_rule(counts, profile) or (form == "song" and ordered_pairs == 0):
+        for array in (d_G, d_pos, d_neg):
+            k.fill_zero[grid, block](array)
+        k.fill_zero_1d[grid, block](d_per_anchor)
+    elif form == "song":
+        k.lifted_song_rows[grid, block](d_S, d_y, d_own, *groups, *rules, *scores, float(ordered_pairs), d_stats,
+                                        d_G, d_pos, d_neg, d_per_anchor)
+    else:
+        k.lifted_generalized_rows[grid, block](d_S, d_y, d_own, *rules, *scores, profile.empty_lse == "zero", d_stats,
+                                               d_counts, d_G, d_pos, d_neg, d_per_anchor)

@@ -194,11 +194,80 @@ def contrastive_pair(s, positive, distance, linear_pos, pos_margin, neg_margin, 
     return 0.0, 0.0, False
 
 
+LOG_2 = 0.6931471805599453  # log(2) in float64 (NumPy's NPY_LOGE2)
+
+
+def log_add_exp(x, y):
+    """``log(e^x + e^y)`` evaluated as NumPy's ``logaddexp`` does: ``x + log 2`` for x == y (so
+    -inf and -inf give -inf), else the larger plus ``log1p(exp(-|x - y|))``; never overflows."""
+    if x == y:
+        return x + LOG_2
+    diff = x - y
+    if diff > 0:
+        return x + math.log1p(math.exp(-diff))
+    return y + math.log1p(math.exp(diff))
+
+
+def log_sum_from_shifted(total, top):
+    """``log sum_k exp(z_k)`` from ``total = sum_k exp(z_k - top)`` with ``top = max_k z_k`` (the
+    reference's ``log(total) + top``, ``gpwref.pairs.masked_lse`` without the add-one term); -inf for
+    an empty set (total = 0)."""
+    if total > 0:
+        return math.log(total) + top
+    return -math.inf
+
+
+def lifted_scores(s, distance, pos_margin, neg_margin, duplicate_gap):
+    """Lifted structured loss, one pair's scores (``gpwref.losses.lifted_structure.pair_scores``):
+    ``(z+, z-, phi)`` with ``phi = dz-/dS = -dz+/dS``.
+
+    Cosine: ``z+ = pos_margin - S``, ``z- = S - neg_margin``, phi = 1. Euclidean on
+    ``D = sqrt(2 - 2S)``: ``z+ = D - pos_margin``, ``z- = neg_margin - D``, phi = 1/D; a duplicate
+    (``2 - 2S <= duplicate_gap``) has D = 0 and phi = 0.
+    """
+    if distance == COSINE:
+        return pos_margin - s, s - neg_margin, 1.0
+    gap = 2.0 - 2.0 * s
+    if gap <= duplicate_gap:
+        return 0.0 - pos_margin, neg_margin - 0.0, 0.0
+    d = math.sqrt(gap)
+    return d - pos_margin, neg_margin - d, 1.0 / d
+
+
+def lifted_song_pair(lse_anchor, lse_partner, z_pos, ordered_pairs):
+    """Song's lifted term of one ordered positive pair (a, p) from the two rows' negative
+    log-sum-exps ``lse_* = log sum_{k in N_*} exp(z-_*k)`` (-inf for no negative):
+    ``(J_ap, c_ap, share_a, share_p)`` with ``J_ap = log(E_a + E_p) + z+_ap``,
+    ``c_ap = [J_ap]_+ / Q`` (``ordered_pairs`` = Q) and the shares ``E_a / E_ap``, ``E_p / E_ap``
+    of the two rows in E_ap (0 when the pair is inactive, c_ap = 0: the hinge at exactly 0 has
+    weight 0)."""
+    log_e = log_add_exp(lse_anchor, lse_partner)
+    j = log_e + z_pos
+    coef = 0.0
+    if j > 0:
+        coef = j / ordered_pairs
+    if coef > 0:
+        return j, coef, math.exp(lse_anchor - log_e), math.exp(lse_partner - log_e)
+    return j, 0.0, 0.0, 0.0
+
+
+def lifted_generalized_logit(pos_lse, neg_lse, n_pos, n_neg, empty_zero):
+    """Generalised lifted loss, an anchor's hinge argument ``A_i = lse_P(z+) + lse_N(z-)``; with
+    ``empty_zero`` (the profile's empty_lse "zero", PML) an empty set's log-sum-exp is 0, else it
+    is -inf (and so is A_i)."""
+    if empty_zero and n_pos == 0:
+        pos_lse = 0.0
+    if empty_zero and n_neg == 0:
+        neg_lse = 0.0
+    return pos_lse + neg_lse
+
+
 # Order matters: a function may call only those above it.
 FUNCTIONS = (
     "pair_kind", "ms_keep_negative", "ms_keep_positive", "ms_positive_logit", "ms_negative_logit",
     "ms_pair_weight", "ms_negative_scale", "ms_negative_weight_unshifted", "log1p_sum_exp", "add_one_total", "softplus", "logistic", "binomial_positive_logit",
-    "binomial_negative_logit", "contrastive_pair",
+    "binomial_negative_logit", "contrastive_pair", "log_add_exp", "log_sum_from_shifted", "lifted_scores",
+    "lifted_song_pair", "lifted_generalized_logit",
 )
 
 

@@ -19,6 +19,19 @@ A kernel result differs from the reference for two reasons only, and each gets i
      used pair), the slope ``1/d`` by the relative ``dd / (d_min - dd)``, each term by ``dd``. Small
      distances are ill-conditioned, and the bound says so by growing.
 
+   * lifted_structure: every score z (``+-S`` or ``+-D``, D = sqrt(2 - 2S)) moves by at most
+     ``dz = dS`` (cosine) or ``2 dS / sqrt(g_min - 2 dS)`` (euclidean; g_min the smallest 2 - 2S of a
+     non-duplicate pair); log-sum-exps are 1-Lipschitz, so Song's ``J_ap`` and the generalised
+     ``A_i`` move by at most ``2 dz``. Generalised: ``|dL| <= 2 dz``, a weight
+     ``(phi / m) softmax`` by the relative ``exp(2 dz) (1 + phi_rel) - 1`` with
+     ``phi_rel = dz / (D_min - dz)`` (0 for cosine). Song: ``|dL| <= 2 dz (sqrt(2 L) + dz)`` (the mean
+     of [J]_+ is at most sqrt(2 L)); ``c = [J]_+ / Q`` moves by the relative ``2 dz / J_min`` (J_min:
+     the smallest active J: a hinge near 0 is ill-conditioned, and the bound says so), a positive
+     weight ``-c phi`` by ``(1 + 2 dz / J_min)(1 + phi_rel) - 1``, a negative weight (a softmax times
+     a sum of c times shares E_i / E_ap) by ``(1 + 2 dz / J_min) exp(4 dz) (1 + phi_rel) - 1``. Pairs
+     with ``|J| <= 2 dz`` (anchors with ``|A| <= 2 dz``) may flip, with the negatives of their rows;
+     the duplicate rule (2 - 2S <= 1e-12) is a weight jump, as for contrastive.
+
    Embedding gradients are sums over j of ``H_ij v_j`` (H = G or G + G^T): their error is at most
    the weights' relative error times ``scale_i = sum_j |H_ij| |v_j|_inf / |x_i|``, which is also the
    size round-off has when the exact gradient cancels (tied embeddings).
@@ -63,7 +76,7 @@ def logit_scale(loss: str, params: dict) -> float:
     """The largest |d z / d S| of the loss's logits (how strongly S errors are magnified)."""
     if loss in ("multi_similarity", "binomial_deviance"):
         return max(float(params["alpha"]), float(params["beta"]))
-    if loss == "contrastive":
+    if loss in ("contrastive", "lifted_structure"):
         return 1.0
     raise KeyError(f"no tolerance rule for loss {loss!r}")
 
@@ -111,6 +124,10 @@ def near_boundary(loss: str, want: Result, margin: float, profile, params: dict,
         else:  # hinge at d = margin, i.e. S = 1 - margin^2 / 2
             flip |= pairs.pos & (np.abs(S - (1.0 - (pm or 0.0) ** 2 / 2)) <= margin)
             flip |= pairs.neg & (np.abs(S - (1.0 - nm**2 / 2)) <= margin)
+    if loss == "lifted_structure":
+        lifted_flip, lifted_jump = _lifted_near_boundary(want, margin, profile, params, labels)
+        flip |= lifted_flip
+        jump |= lifted_jump
     return flip, jump
 
 
@@ -186,7 +203,10 @@ def agreement(got: Result, want: Result, *, loss: str, profile, params: dict, la
         return result
 
     used = np.asarray(want.pos_used) | np.asarray(want.neg_used)
-    value_from_S, weight_from_S = _conditioning(loss, params, want, dS, used)
+    if loss == "lifted_structure":  # its bounds need the pair structure, not only the used pairs
+        value_from_S, weight_from_S = _lifted_conditioning(want, dS, profile, params, labels)
+    else:
+        value_from_S, weight_from_S = _conditioning(loss, params, want, dS, used)
     logit_size = logit_scale(loss, params) * (float(np.max(np.abs(want.sim), initial=0.0)) + abs(float(params.get("lam", 0.0))) + 1.0)
     weight_rel = weight_from_S + 3 * u + 2 * (n + 10) * U64 + 8 * U64 * logit_size
     # value: from the similarities, plus float64 sums on both sides
@@ -240,3 +260,96 @@ def _host(array):
     if hasattr(array, "copy_to_host"):
         return array.copy_to_host()
     return np.asarray(array)
+
+
+# ---------------------------------------------------------------------------------------------
+# Lifted structured loss: its bounds are stated on J_ap (Song) and A_i (generalised), recomputed
+# here from the reference's S with the reference's own helpers.
+
+
+def _lifted_structure(want: Result, profile, params: dict, labels):
+    """(form, distance, pos, neg, gap, logits): the pair masks (after PML's pair-count rule), 2 - 2S,
+    and Song's J (m x m, -inf off the positives) or the generalised A (m,) of the reference's S."""
+    from ..losses import lifted_structure as lifted
+    from ..pairs import masked_lse, zero_by_pair_count
+
+    S, pairs = _pairs(want, profile, labels, None, None)
+    form = params["form"]
+    distance = lifted.for_form(params["distance"], form)
+    pos, neg = pairs.pos, pairs.neg
+    if zero_by_pair_count(profile, pos, neg):
+        pos, neg = np.zeros_like(pos), np.zeros_like(neg)
+    z_pos, z_neg, _ = lifted.pair_scores(S, distance, float(lifted.for_form(params["pos_margin"], form)),
+                                         float(lifted.for_form(params["neg_margin"], form)))
+    neg_lse, _ = masked_lse(z_neg, neg, add_one=False)
+    with np.errstate(invalid="ignore"):
+        if form == "song":
+            logits = np.where(pos, np.logaddexp(neg_lse[:, None], neg_lse[None, :]) + z_pos, -np.inf)
+        else:
+            pos_lse, _ = masked_lse(z_pos, pos, add_one=False)
+            if profile.empty_lse == "zero":
+                pos_lse = np.where(pos.any(axis=1), pos_lse, 0.0)
+                neg_lse = np.where(neg.any(axis=1), neg_lse, 0.0)
+            logits = pos_lse + neg_lse
+    return form, distance, pos, neg, 2.0 - 2.0 * S, logits
+
+
+def _lifted_score_shift(distance: str, gap: np.ndarray, pairs: np.ndarray, dS: float) -> float:
+    """The most any score z (and D) moves when every S_ij moves by up to dS (inf when a
+    non-duplicate distance could reach 0)."""
+    if distance == "cosine":
+        return dS
+    from ..losses.lifted_structure import DUPLICATE_GAP
+
+    live = gap[pairs & (gap > DUPLICATE_GAP)]
+    if live.size == 0 or dS == 0.0:
+        return 0.0
+    room = float(live.min()) - 2.0 * dS
+    return 2.0 * dS / math.sqrt(room) if room > 0 else math.inf
+
+
+def _lifted_near_boundary(want: Result, margin: float, profile, params: dict, labels):
+    form, distance, pos, neg, gap, logits = _lifted_structure(want, profile, params, labels)
+    flip = np.zeros(gap.shape, dtype=bool)
+    jump = np.zeros(gap.shape, dtype=bool)
+    shift = 2.0 * _lifted_score_shift(distance, gap, pos | neg, margin)
+    with np.errstate(invalid="ignore"):
+        if form == "song":
+            near = pos & (np.abs(logits) <= shift)
+            rows = near.any(axis=1) | near.any(axis=0)  # their anchors' and partners' negatives
+            flip |= near | (neg & rows[:, None])
+        else:
+            rows = np.abs(logits) <= shift
+            flip |= (pos | neg) & rows[:, None]
+    if distance == "euclidean":
+        from ..losses.lifted_structure import DUPLICATE_GAP
+
+        jump |= (pos | neg) & (np.abs(gap - DUPLICATE_GAP) <= 2 * margin + 1e-15)
+    return flip, jump
+
+
+def _lifted_conditioning(want: Result, dS: float, profile, params: dict, labels) -> tuple[float, float]:
+    """(value bound, weight relative bound) for the lifted loss (see the module docstring)."""
+    form, distance, pos, neg, gap, logits = _lifted_structure(want, profile, params, labels)
+    dz = _lifted_score_shift(distance, gap, pos | neg, dS)
+    phi_rel = 0.0
+    if distance == "euclidean":
+        used = np.asarray(want.pos_used) | np.asarray(want.neg_used)
+        d_min = float(np.sqrt(gap[used].min())) if used.any() else math.inf
+        phi_rel = dz / (d_min - dz) if dz < d_min else math.inf
+    margins = abs(float(_for_form(params["pos_margin"], form))) + abs(float(_for_form(params["neg_margin"], form)))
+    rounding = 8 * U64 * (2.0 + margins)  # exp of float64 scores that include the margins
+    if form == "generalized":
+        return 2.0 * dz, math.exp(2.0 * dz) * (1.0 + phi_rel) - 1.0 + rounding
+    active = logits[pos & (logits > 0)]
+    if active.size == 0:
+        return 2.0 * dz * (math.sqrt(2.0 * max(want.loss, 0.0)) + dz), rounding
+    coef_rel = 2.0 * dz / float(active.min()) if dz > 0 else 0.0
+    weight = (1.0 + coef_rel) * math.exp(4.0 * dz) * (1.0 + phi_rel) - 1.0
+    return 2.0 * dz * (math.sqrt(2.0 * max(want.loss, 0.0)) + dz), weight + rounding
+
+
+def _for_form(value, form):
+    from ..losses.lifted_structure import for_form
+
+    return for_form(value, form)
