@@ -592,7 +592,7 @@ def through_normalisation(grad_unit, U, norms, out, row0, row1):
 # Lifted structured loss (``gpwref.losses.lifted_structure``), both forms, batch only.
 
 lifted_scores = _S["lifted_scores"]
-lifted_song_pair = _S["lifted_song_pair"]
+lifted_song_positive = _S["lifted_song_positive"]
 lifted_generalized_logit = _S["lifted_generalized_logit"]
 log_sum_from_shifted = _S["log_sum_from_shifted"]
 
@@ -687,21 +687,18 @@ def lifted_song_rows(S, labels, self_col, same_order, same_start, same_end, valu
         hinge_sq = 0.0
         for q in range(same_start[i], same_end[i]):
             p = same_order[q]
-            s = S[i, p]
-            if pair_kind(s, True, p == own, value_rule, self_threshold) == POSITIVE:
-                z_pos, _, phi = lifted_scores(f64(s), distance, pos_margin, neg_margin, duplicate_gap)
-                j_ip, coef, share_i, _ = lifted_song_pair(lse_i, stats[p, 5], z_pos, ordered_pairs)
-                if j_ip > 0:
-                    hinge_sq += j_ip * j_ip
-                anchor_part += coef * share_i
-                G[i, p] = phi * (0.0 - coef)
-                pos_used[i, p] = coef > 0 and phi != 0
+            s, s_t = S[i, p], S[p, i]
+            is_pos = pair_kind(s, True, p == own, value_rule, self_threshold) == POSITIVE
+            is_pos_t = pair_kind(s_t, True, i == self_col[p], value_rule, self_threshold) == POSITIVE
+            h, a_term, p_term, g, used = lifted_song_positive(f64(s), f64(s_t), is_pos, is_pos_t, lse_i, stats[p, 5],
+                                                              distance, pos_margin, neg_margin, duplicate_gap, ordered_pairs)
+            hinge_sq += h
+            anchor_part += a_term
+            partner_part += p_term
+            if is_pos:
+                G[i, p] = g
+                pos_used[i, p] = used
                 neg_used[i, p] = False
-            s_t = S[p, i]
-            if pair_kind(s_t, True, i == self_col[p], value_rule, self_threshold) == POSITIVE:
-                z_pos_t, _, _ = lifted_scores(f64(s_t), distance, pos_margin, neg_margin, duplicate_gap)
-                _, coef_t, _, share_i_t = lifted_song_pair(stats[p, 5], lse_i, z_pos_t, ordered_pairs)
-                partner_part += coef_t * share_i_t
         factor = anchor_part + partner_part
         per_anchor[i] = hinge_sq / (2.0 * ordered_pairs)
         top = stats[i, 2]

@@ -251,6 +251,33 @@ def lifted_song_pair(lse_anchor, lse_partner, z_pos, ordered_pairs):
     return j, 0.0, 0.0, 0.0
 
 
+def lifted_song_positive(s, s_t, is_pos, is_pos_t, lse_anchor, lse_partner, distance, pos_margin, neg_margin,
+                         duplicate_gap, ordered_pairs):
+    """Song's form, anchor a's same-label column p, both orders: (a, p) with ``s = S_ap`` (a positive
+    of a when ``is_pos``) and (p, a) with ``s_t = S_pa`` (``is_pos_t``). Returns
+    ``(hinge_sq, anchor_term, partner_term, weight, used)``: ``[J_ap]_+^2``, ``c_ap E_a/E_ap`` and
+    ``c_pa E_a/E_pa`` (the two parts of row a's negative factor), ``G_ap = -c_ap phi_ap`` and whether
+    it is non-zero; a part whose pair is not a positive is 0."""
+    hinge_sq = 0.0
+    anchor_term = 0.0
+    partner_term = 0.0
+    weight = 0.0
+    used = False
+    if is_pos:
+        z_pos, _, phi = lifted_scores(s, distance, pos_margin, neg_margin, duplicate_gap)
+        j_ap, coef, share_a, _ = lifted_song_pair(lse_anchor, lse_partner, z_pos, ordered_pairs)
+        if j_ap > 0:
+            hinge_sq = j_ap * j_ap
+        anchor_term = coef * share_a
+        weight = phi * (0.0 - coef)
+        used = coef > 0 and phi != 0
+    if is_pos_t:
+        z_pos_t, _, _ = lifted_scores(s_t, distance, pos_margin, neg_margin, duplicate_gap)
+        _, coef_t, _, share_a_t = lifted_song_pair(lse_partner, lse_anchor, z_pos_t, ordered_pairs)
+        partner_term = coef_t * share_a_t
+    return hinge_sq, anchor_term, partner_term, weight, used
+
+
 def lifted_generalized_logit(pos_lse, neg_lse, n_pos, n_neg, empty_zero):
     """Generalised lifted loss, an anchor's hinge argument ``A_i = lse_P(z+) + lse_N(z-)``; with
     ``empty_zero`` (the profile's empty_lse "zero", PML) an empty set's log-sum-exp is 0, else it
@@ -267,7 +294,7 @@ FUNCTIONS = (
     "pair_kind", "ms_keep_negative", "ms_keep_positive", "ms_positive_logit", "ms_negative_logit",
     "ms_pair_weight", "ms_negative_scale", "ms_negative_weight_unshifted", "log1p_sum_exp", "add_one_total", "softplus", "logistic", "binomial_positive_logit",
     "binomial_negative_logit", "contrastive_pair", "log_add_exp", "log_sum_from_shifted", "lifted_scores",
-    "lifted_song_pair", "lifted_generalized_logit",
+    "lifted_song_pair", "lifted_song_positive", "lifted_generalized_logit",
 )
 
 
