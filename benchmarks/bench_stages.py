@@ -96,6 +96,9 @@ def _numba_stages(X, y):
 
 
 def _cuda_stages(X, y):
+    """The three launches of the CUDA pipeline (``gpwref.kernels.cuda._pipeline``) on the batch, one
+    per stage: ``similarity`` (norms fused into S = U U^T), ``ms_rows``, ``embedding_grad`` (G + G^T,
+    the GEMM and the normalisation's backward fused)."""
     from numba import cuda
 
     from gpwref.kernels import backends
@@ -105,9 +108,8 @@ def _cuda_stages(X, y):
     k = gcuda.kernels("float32")
     m, d = X.shape
     d_X = cuda.to_device(X.astype(np.float32))
-    d_U = cuda.device_array_like(d_X)
     d_norms = cuda.device_array(m, dtype=np.float64)
-    d_bad = cuda.device_array(m, dtype=np.int64)
+    d_flags = cuda.device_array(m, dtype=np.int64)
     d_S = cuda.device_array((m, m), dtype=dtype)
     d_G = cuda.device_array((m, m), dtype=dtype)
     d_pos = cuda.device_array((m, m), dtype=np.bool_)
@@ -117,15 +119,12 @@ def _cuda_stages(X, y):
     d_y = cuda.to_device(np.asarray(y))
     d_self = cuda.to_device(np.arange(m, dtype=np.int64))
     d_gu = cuda.device_array((m, d), dtype=dtype)
-    d_out = cuda.device_array((m, d), dtype=dtype)
     hp = backends.ms_scalars(HYPER, dtype)
     rules = backends.ms_rules(PROFILE, dtype)
 
     def similarity():
-        grid, block = k.rows(m)
-        k.unit_rows[grid, block](d_X, d_U, d_norms, d_bad, True)
         grid, block = k.tiles(m, m)
-        k.gemm_nt[grid, block](d_U, d_U, d_S)
+        k.similarity[grid, block](d_X, d_X, d_S, d_norms, d_norms, d_flags, d_flags, True, True)
         cuda.synchronize()
 
     def mining_weighting():
@@ -136,10 +135,8 @@ def _cuda_stages(X, y):
         cuda.synchronize()
 
     def embedding_gradient():
-        grid, block = k.tiles(m, d)
-        k.gemm_grad[grid, block](d_G, d_U, d_gu, 2)
-        grid, block = k.rows(m)
-        k.through_norm[grid, block](d_gu, d_U, d_norms, d_out)
+        jobs = -(-m // k.tile) * -(-d // k.tile)
+        k.embedding_grad[min(jobs, k.max_blocks), (k.tile, k.tile)](d_G, d_S, d_X, d_norms, d_X, d_norms, d_gu, d_gu, True, True)
         cuda.synchronize()
 
     similarity()
