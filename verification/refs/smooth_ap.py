@@ -1,14 +1,57 @@
-"""Second opinions on Smooth-AP: torch formulation, plain loop, PML SmoothAPLoss, the official rules."""
+r"""Second opinions on Smooth-AP: torch formulation, plain loop, PML SmoothAPLoss, the official rules.
+
+Checked with ``verification/refs/_checks.py: check_case_frozen`` (nothing is detached: ``frozen_value``
+ignores its frozen argument but the base point), because two of the generic harness's comparisons
+measure round-off against the wrong scale. What the failing cases showed, entry by entry:
+
+* Cancellation in G (``scales``). A positive's weight is a signed sum,
+  G_ij = -(1/N') [sum_{p != j} a_P(p) G'_jp - a_P(j) sum_{k in P\j} G'_kj + a_N(j) sum_n G'_nj]
+  (gpwref.losses.smooth_ap), and when positives j and p are tied or duplicated the first two sums
+  hold a_P(p) G'(0) and a_P(j) G'(0) = a_P / (4 tau), equal in exact arithmetic, so G_ij is their
+  small difference. Examples (``make_batch(np.random.default_rng(seed), m=(1, 9), d=(2, 5), ...)``):
+  two duplicated positives under a far higher negative (seed 111, duplicates): terms ~25, G ~1e-9,
+  the three codes differ by 2e-17, one ulp of the terms (loop:G read 1e-8 of max|G|); a query and a
+  duplicate of it at S = 1 + 1 ulp with every negative past the clamp (seed 14, duplicates +
+  ref_includes_batch, include_query, clamp 50): terms ~1e-21, G ~1.6e-35 (the exact G of that S:
+  sigmoid(+-2e-14) is 1/2 -+ 5e-15), codes differ by 2e-37 (autograd:G and loop:G read 1.2e-2); the
+  same layout with S = 1 exactly (seed 117, with_ref) has G = 0 in gpwref and ~1e-35 in torch, whose
+  S from X is one ulp off, so autograd:dX read 1.0 against a zero scale. In every case the
+  difference is ~2^-53 times the terms, so the floor of the G, dX and fd comparisons is the size
+  of those terms, max over (i, j) of (1/N') [sum_{p != j} a_P(p) G'_jp + a_P(j) sum_{k in P\j} G'_kj
+  + a_N(j) sum_n G'_nj] (negatives: (1/N') sum_p a_N(p) G'_jp, which does not cancel), computed here
+  by its own plain loop. The value (1/N') sum_i (1/|P|) sum_p R_N / R_A is a sum of non-negative
+  terms and gets no floor.
+* Finite differences (``frozen_value``). Central differences with h = 1e-6 carry round-off
+  ~2^-53 |L| / h ~ 1e-10 (|L| ~ 1), and with tau = 0.01 a batch whose items are all ranked far
+  apart can have |L| ~ 1 (a negative far above a positive) while every G' is ~e^{-|x|/tau} / tau,
+  1e-30 and below: the relative error is then far above 1, though the formula is right. Truncation
+  is not the issue (h^2 L'''/6 is ~1e-9 of G: each derivative of a sigmoid at temperature tau adds
+  a factor of at most ~1/tau). So the increments are computed exactly: ``frozen_value`` returns
+  L(S_eval) - L(S_frozen), summed over the rows that differ, each row's value evaluated in mpmath
+  with enough digits to resolve its smallest sigmoid tail (30 + max |x/tau| / ln 10), then rounded
+  once; the central difference then carries only 2^-53 of the increment. The clamp of the exponent
+  at |x/tau| = c is the only kink: ``regime`` lists, for each changed row, the pairs past the clamp
+  (|x/tau| > c strictly, as torch.clamp passes the gradient at |x/tau| = c), and an entry whose step
+  crosses it is skipped.
+* Ties are not kinks: sigmoid is smooth at x = 0, and every code (gpwref, torch, loop, PML, the
+  official rules) gives a tie sigmoid(0) = 1/2 and slope 1/(4 tau), ranking each of the two items
+  half above the other. The self pair (k = p) is excluded by index, never by value, so a duplicate
+  of the query (S = 1, tied with the query's own score 1) is ranked like any other item.
+"""
 
 from __future__ import annotations
 
+import functools
 import math
+import sys
 
+import mpmath
 import numpy as np
 import torch
 
 from gpwref.testing import Batch
 from verification.common import NotApplicable
+from verification.refs._checks import check_case_frozen
 
 
 def _sigmoid(x, temperature, clamp):
@@ -45,24 +88,25 @@ def torch_loss(S, pos, neg, profile, *, temperature, include_query, sigmoid_clam
     return per[alive].mean()
 
 
-def loop(S, pos, neg, profile, *, temperature, include_query, sigmoid_clamp):
-    """Per query and per pair of items, the weights from the closed form in the module docstring."""
+def _plain_sigmoid(x, temperature, clamp):
+    """sigmoid(x / temperature), the exponent -x/t clipped to [-clamp, clamp] first when clamped."""
+    e = -x / temperature
+    if clamp is not None:
+        e = min(max(e, -clamp), clamp)
+    return 1 / (1 + math.exp(e)) if e < 700 else 0.0
+
+
+def _plain_slope(x, temperature, clamp):
+    """d sigmoid(x / temperature) / dx; 0 past the clamp (|x/t| > clamp)."""
+    e = -x / temperature
+    if (clamp is not None and abs(e) > clamp) or abs(e) > 700:
+        return 0.0
+    return math.exp(-abs(e)) / (1 + math.exp(-abs(e))) ** 2 / temperature
+
+
+def _queries(S, pos, neg, include_query):
+    """Per query with a relevant item: (i, items), items = (score, relevant, column or None for the query)."""
     m, n = S.shape
-
-    def sig(x):
-        e = -x / temperature
-        if sigmoid_clamp is not None:
-            e = min(max(e, -sigmoid_clamp), sigmoid_clamp)
-        return 1 / (1 + math.exp(e)) if e < 700 else 0.0
-
-    def slope(x):
-        e = -x / temperature
-        if sigmoid_clamp is not None and abs(e) > sigmoid_clamp:
-            return 0.0
-        if abs(e) > 700:
-            return 0.0
-        return math.exp(-abs(e)) / (1 + math.exp(-abs(e))) ** 2 / temperature
-
     queries = []
     for i in range(m):
         items = [(S[i, j], pos[i, j], j) for j in range(n) if pos[i, j] or neg[i, j]]
@@ -70,6 +114,20 @@ def loop(S, pos, neg, profile, *, temperature, include_query, sigmoid_clamp):
             items.append((1.0, True, None))
         if any(rel for _, rel, _ in items):
             queries.append((i, items))
+    return queries
+
+
+def loop(S, pos, neg, profile, *, temperature, include_query, sigmoid_clamp):
+    """Per query and per pair of items, the weights from the closed form in the module docstring."""
+    m, n = S.shape
+
+    def sig(x):
+        return _plain_sigmoid(x, temperature, sigmoid_clamp)
+
+    def slope(x):
+        return _plain_slope(x, temperature, sigmoid_clamp)
+
+    queries = _queries(S, pos, neg, include_query)
     value, G = 0.0, np.zeros((m, n))
     for i, items in queries:
         P = [a for a in range(len(items)) if items[a][1]]
@@ -93,6 +151,93 @@ def loop(S, pos, neg, profile, *, temperature, include_query, sigmoid_clamp):
                 d += (rn[p] * d_rp - rp[p] * d_rn) / (rp[p] + rn[p]) ** 2
             G[i, items[j][2]] = -d / len(P) / len(queries)
     return (value / len(queries) if queries else 0.0), G
+
+
+def scales(params, ours, pos, neg):
+    r"""The cancellation floor of G (module docstring): the largest sum of the absolute terms of one
+    weight, (1/N') [sum_{p != j} a_P(p) G'_jp + a_P(j) sum_{k in P\j} G'_kj + a_N(j) sum_n G'_nj] for
+    a positive j, (1/N') sum_p a_N(p) G'_jp for a negative, with a_P(p) = R_N(p) / (|P| R_A(p)^2) and
+    a_N(p) = R_P(p) / (|P| R_A(p)^2)."""
+    tau, clamp = params["temperature"], params["sigmoid_clamp"]
+    queries = _queries(ours.sim, pos, neg, params["include_query"])
+    floor = 0.0
+    for _, items in queries:
+        s = [x for x, _, _ in items]
+        P = [a for a in range(len(items)) if items[a][1]]
+        N = [a for a in range(len(items)) if not items[a][1]]
+        slope = [[_plain_slope(s[k] - s[p], tau, clamp) for p in range(len(s))] for k in range(len(s))]  # [k][p] = G'_kp
+        a_pos, a_neg = {}, {}
+        for p in P:
+            r_pos = 1 + sum(_plain_sigmoid(s[k] - s[p], tau, clamp) for k in P if k != p)
+            r_neg = sum(_plain_sigmoid(s[k] - s[p], tau, clamp) for k in N)
+            a_pos[p] = r_neg / (len(P) * (r_pos + r_neg) ** 2)
+            a_neg[p] = r_pos / (len(P) * (r_pos + r_neg) ** 2)
+        for j in range(len(items)):
+            if items[j][2] is None:
+                continue
+            if items[j][1]:
+                size = (sum(a_pos[p] * slope[j][p] for p in P if p != j) + a_pos[j] * sum(slope[k][j] for k in P if k != j)
+                        + a_neg[j] * sum(slope[k][j] for k in N))
+            else:
+                size = sum(a_neg[p] * slope[j][p] for p in P)
+            floor = max(floor, size / len(queries))
+    return {"G": floor}
+
+
+@functools.lru_cache(maxsize=65536)
+def _row_value_mp(scores: tuple, relevant: tuple, temperature: float, clamp, dps: int):
+    """One query's (1/|P|) sum_p R_N(p) / R_A(p) at ``dps`` digits, and the pairs (k, p) past the clamp."""
+    with mpmath.workdps(dps):
+        tau = mpmath.mpf(temperature)
+        s = [mpmath.mpf(x) for x in scores]
+        P = [a for a in range(len(s)) if relevant[a]]
+        clamped = []
+
+        def sig(k, p):
+            e = -(s[k] - s[p]) / tau
+            if clamp is not None:
+                if abs(e) > clamp:
+                    clamped.append((k, p))
+                e = min(max(e, -clamp), clamp)
+            return 1 / (1 + mpmath.exp(e))
+
+        total = mpmath.mpf(0)
+        for p in P:
+            r_pos = 1 + mpmath.fsum(sig(k, p) for k in P if k != p)
+            r_neg = mpmath.fsum(sig(k, p) for k in range(len(s)) if not relevant[k])
+            total += r_neg / (r_pos + r_neg)
+        return (total / len(P) if P else mpmath.mpf(0)), frozenset(clamped)
+
+
+def _row_key(S_row, pos_row, neg_row, include_query):
+    cols = np.flatnonzero(pos_row | neg_row)
+    scores = [float(S_row[j]) for j in cols] + ([1.0] if include_query else [])
+    relevant = [bool(pos_row[j]) for j in cols] + ([True] if include_query else [])
+    return tuple(scores), tuple(relevant)
+
+
+def frozen_value(S_eval, S_frozen, pos, neg, profile, *, temperature, include_query, sigmoid_clamp):
+    """L(S_eval) - L(S_frozen), exact to 2^-53 of itself (mpmath, module docstring), and the regime:
+    per changed row, the pairs past the clamp. Nothing is detached; S_frozen is the base point."""
+    m = S_eval.shape[0]
+    alive = sum(1 for i in range(m) if include_query or pos[i].any())
+    total, regime = mpmath.mpf(0), []
+    for i in range(m):
+        if np.array_equal(S_eval[i], S_frozen[i]):
+            continue
+        rows = [_row_key(S[i], pos[i], neg[i], include_query) for S in (S_eval, S_frozen)]
+        spread = max((max(r[0]) - min(r[0]) for r in rows if r[0]), default=0.0)
+        reach = spread / temperature if sigmoid_clamp is None else min(spread / temperature, sigmoid_clamp)
+        dps = 30 + int(math.ceil(reach / math.log(10)))
+        (value_eval, clamped), (value_frozen, _) = (_row_value_mp(*r, temperature, sigmoid_clamp, dps) for r in rows)
+        with mpmath.workdps(dps):
+            total += value_eval - value_frozen
+        regime.append((i, clamped))
+    return (float(total / alive) if alive else 0.0), tuple(regime)
+
+
+def check_case(profile, hyper, batch, *, fd=True):
+    return check_case_frozen("smooth_ap", sys.modules[__name__], profile, hyper, batch, fd=fd)
 
 
 def grouped_batch(rng: np.random.Generator, *, square: bool | None = None, d=(2, 5)) -> Batch:
