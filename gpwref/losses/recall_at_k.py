@@ -19,8 +19,10 @@ and sigma1'_zp the slope of sigmoid((s_z - s_p)/tau1) in s_z::
     G_qj = dl_q/ds_j / N'
 
 Negatives always get G >= 0; a positive is pulled by its own rank and pushed by the other positives'
-ranks, so its weight can have either sign (``gpw_sign`` False). Uses self similarity and the whole
-ranking (negative- and positive-relative similarity).
+ranks, so its weight can have either sign (``gpw_sign`` False). On tied or duplicated scores the two
+sums of a positive's weight are at the slopes' peak 1/(4 tau1) and cancel (exactly, to 0, on a tied
+one-class row), so G there is exact only up to round-off of the sums, not of their difference.
+Uses self similarity and the whole ranking (negative- and positive-relative similarity).
 
 SiMix (``simix`` = the mixing coefficient a in [0, 1], ``None`` = off). For every class and every
 pair of its samples i < j (batch order) a virtual sample v = a x_i + (1 - a) x_j joins the batch,

@@ -1,14 +1,35 @@
-"""Second opinions on RS@k (+ SiMix): torch formulation, plain loop, the official code's rules."""
+"""Second opinions on RS@k (+ SiMix): torch formulation, plain loop, the official code's rules.
+
+Written from the formulas (catalog.md 2.17, section 3 items 14-15) without calling gpwref's code.
+The loss brings its own ``check_case`` (``check_case_frozen`` plus a finite-difference check with a
+round-off allowance), because two things of this loss are beyond the generic harness:
+
+* cancellation. A positive's weight is the difference of two sums of slopes,
+  G_qj = sum_{p != j} w_p sigma1'_jp - w_j sum_{z != j} sigma1'_zj (pushed by the other positives'
+  ranks, pulled by its own). On tied or duplicated scores the slopes are at their peak 1/(4 tau1)
+  = 25 and the two sums cancel, exactly to 0 on a one-class tied batch. Round-off is relative to the
+  sums, not to their difference: ``scales`` computes their size here (numpy, from the closed form,
+  chained through SiMix's mixing matrix) as the floor of the G comparisons.
+* kinks. The clamped sigmoid (``sigmoid_clamp``) has a kink where an exponent crosses +-clamp, and
+  ``recall_cap`` switches a k-term off where R_k crosses k. ``frozen_value`` returns the value
+  (``torch_loss`` with no autograd) and the ``regime`` (the side of every clamp and cap), and the
+  finite-difference check skips an entry of S whose +-h step changes it. Like the harness's, it
+  subtracts the differences' own round-off (``fd_error``), so a G of 1e-20 on well-separated scores
+  is not measured against a value difference that only holds noise.
+"""
 
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import torch
 
+from verification import harness
 from verification.common import NotApplicable
 from gpwref.testing import Batch
+from verification.refs._checks import check_case_frozen
 from verification.refs.smooth_ap import _sigmoid, class_groups, grouped_batch  # noqa: F401 (grouped_batch: a batch kind)
 
 
@@ -23,15 +44,15 @@ def simix_batch(rng: np.random.Generator) -> Batch:
 
 
 def _labels_from_masks(pos):
-    """Class ids of a batch (its own reference set) from the positive mask plus the diagonal."""
+    """Class ids of a batch (its own reference set) from the positive mask (numpy or torch) plus the
+    diagonal: each sample gets the index of its class's first sample."""
     m = pos.shape[0]
-    same = pos | torch.eye(m, dtype=torch.bool)
+    same = np.asarray(pos) | np.eye(m, dtype=bool)
     label = [-1] * m
     for i in range(m):
         if label[i] < 0:
-            for j in range(m):
-                if same[i, j]:
-                    label[j] = i
+            for j in np.nonzero(same[i])[0]:
+                label[j] = i
     return label
 
 
@@ -165,6 +186,176 @@ def loop(S, pos, neg, profile, *, k_values, tau1, tau2, include_query, sigmoid_c
                         if a != b:
                             G[a, b] += rows[e][a] * GT[e, f] * rows[f][b]
     return value, G
+
+
+# ----------------------------------------------------------------------------------------------
+# Floors and kinks: the closed form again, vectorised per query in numpy.
+
+
+def _np_sigmoid(x, clamp):
+    """sigmoid(x) and its slope in x; ``clamp`` clips the exponent -x to [-clamp, clamp] (slope 0 strictly beyond)."""
+    e = -x if clamp is None else np.clip(-x, -clamp, clamp)
+    t = np.exp(-np.abs(e))
+    sig = np.where(e <= 0, 1 / (1 + t), t / (1 + t))
+    slope = t / (1 + t) ** 2
+    if clamp is not None:
+        slope = np.where(np.abs(x) > clamp, 0.0, slope)
+    return sig, slope
+
+
+def _side(x, clamp):
+    """Which piece of the clamped sigmoid x is on: -1 below -clamp, 0 inside, 1 above (all 0 unclamped)."""
+    if clamp is None:
+        return np.zeros(np.shape(x), dtype=np.int8)
+    return (np.sign(x) * (np.abs(x) > clamp)).astype(np.int8)
+
+
+def _query(s, rel, k_values, tau1, tau2, clamp, cap):
+    """One query with item scores s and relevance rel: (l_q, dl_q/ds, sizes, value size, branches).
+
+    ``sizes``: sum_{p != j} w_p sigma1'_jp + [j in P] w_j sum_{z != j} sigma1'_zj, the two (non-negative)
+    sums whose difference dl_q/ds_j is; ``value size``: l_q with each k - R_k replaced by k + R_k.
+    ``branches``: the clamp side of every sigmoid argument and whether each k-term is capped.
+    """
+    n = len(s)
+    x1 = (s[:, None] - s[None, :]) / tau1  # [z, p]
+    sig1, slope1 = _np_sigmoid(x1, clamp)
+    off = ~np.eye(n, dtype=bool)
+    sig1, slope1 = sig1 * off, slope1 * off / tau1
+    n_rel = int(rel.sum())
+    rank = 1 + sig1[:, rel].sum(axis=0)
+    value, size, w, branches = 0.0, 0.0, np.zeros(n_rel), [_side(x1[off], clamp)]
+    for k in k_values:
+        x2 = (k - rank) / tau2
+        sig2, slope2 = _np_sigmoid(x2, clamp)
+        count = sig2.sum()
+        capped = bool(cap and count > k)
+        branches.append(_side(x2, clamp))
+        branches.append(np.array([capped], dtype=np.int8))
+        if capped:
+            continue
+        norm = min(k, n_rel)
+        if n_rel <= k:
+            missing = _np_sigmoid(-x2, clamp)[0].sum()
+            value, size = value + missing / norm, size + missing / norm
+        else:
+            value, size = value + (k - count) / norm, size + (k + count) / norm
+        w += slope2 / tau2 / norm
+    W = np.zeros(n)
+    W[rel] = w / len(k_values)
+    via_other_ranks = slope1 @ W  # [j] sum_p sigma1'_jp w_p (slope1 is 0 on the diagonal): the push
+    via_own_rank = W * slope1.sum(axis=0)  # [j] w_j sum_z sigma1'_zj: the pull
+    grad = via_other_ranks - via_own_rank
+    return value / len(k_values), grad, via_other_ranks + via_own_rank, size / len(k_values), np.concatenate(branches)
+
+
+def _queries(S, pos, neg, *, k_values, tau1, tau2, include_query, sigmoid_clamp, recall_cap, simix):
+    """Every alive query of the (extended) batch: (M or None, [(q, columns, l_q, grad, sizes, value size,
+    branches)], N'); a column None is the query's own constant score."""
+    S, pos, neg = np.asarray(S, dtype=np.float64), np.asarray(pos), np.asarray(neg)
+    if simix is not None:
+        rows, ext = _mixing(_labels_from_masks(pos), simix)
+        M = np.array(rows)
+        T = M @ np.where(np.eye(S.shape[0], dtype=bool), 1.0, S) @ M.T
+        e = np.array(ext)
+        pos = (e[:, None] == e[None, :]) & ~np.eye(len(ext), dtype=bool)
+        neg = e[:, None] != e[None, :]
+    else:
+        M, T = None, S
+    alive = np.nonzero(pos.any(axis=1))[0]
+    out = []
+    for q in alive:
+        columns = list(np.nonzero(pos[q] | neg[q])[0])
+        s, rel = T[q, columns], pos[q, columns]
+        if include_query:  # the query's own score: 1 (held constant) or T_qq of a mixed query (it moves)
+            s = np.append(s, T[q, q] if simix is not None else 1.0)
+            rel = np.append(rel, False)
+            columns.append(q if simix is not None else None)
+        out.append((q, columns) + _query(s, rel, k_values, tau1, tau2, sigmoid_clamp, recall_cap))
+    return M, out, len(alive)
+
+
+def scales(params, ours, pos, neg):
+    """Floors: the size of the sums whose differences G and the value are, over the queries.
+
+    G: the largest (M^T sizes M)_ab over real pairs a != b (M = identity without SiMix; M >= 0, so the
+    chained sizes bound the chained terms). Value: sum over queries of (k + R_k) / n_k for the terms
+    evaluated as (k - R_k) / n_k, and of the (positive) missing-recall sums otherwise.
+    """
+    M, queries, n_alive = _queries(ours.sim, pos, neg, **params)
+    if not queries:
+        return {"value": 0.0, "G": 0.0}
+    E = M.shape[0] if M is not None else ours.sim.shape[0]
+    sizes = np.zeros((E, E if M is not None else ours.sim.shape[1]))
+    value = 0.0
+    for q, columns, _, _, size, value_size, _ in queries:
+        for c, t in zip(columns, size):
+            if c is not None:
+                sizes[q, c] += t / n_alive
+        value += value_size
+    if M is not None:
+        sizes = M.T @ sizes @ M
+        np.fill_diagonal(sizes, 0.0)
+    return {"value": value / n_alive, "G": float(sizes.max())}
+
+
+def frozen_value(S_eval, S_frozen, pos, neg, profile, **params):
+    """The value at S_eval (``torch_loss``, nothing is detached: S_frozen is not read) and its regime:
+    the clamp side of every sigmoid argument and the cap state of every k-term of every query."""
+    with torch.no_grad():
+        value = torch_loss(torch.as_tensor(S_eval, dtype=torch.float64), torch.as_tensor(pos), torch.as_tensor(neg), profile, **params)
+    _, queries, _ = _queries(S_eval, pos, neg, **params)
+    regime = b"".join(branches.tobytes() for *_, branches in queries)
+    return float(value), regime
+
+
+def fd_error(profile, params, ours, pos, neg, floors, h=harness.FD_STEP):
+    """Worst |FD - G| / max(max|G|, G floor) over the entries of S whose +-h step keeps the regime.
+
+    FD is taken on ``frozen_value``. Its own round-off is subtracted first, as the harness does
+    (``verification.harness.fd_error``): 8 eps / h times the size of what the value is computed from,
+    the value's terms plus its sensitivity to the rounding of the scores, sum_qj sizes_qj |s|max
+    (a score rounded by eps |s| moves l_q by at most sizes_qj eps |s|), |s|max the largest |T|.
+    """
+    S0, G = ours.sim, ours.grad_sim
+    M, queries, n_alive = _queries(S0, pos, neg, **params)
+    T = S0 if M is None else M @ np.where(np.eye(S0.shape[0], dtype=bool), 1.0, S0) @ M.T
+    score_scale = max(1.0, float(np.max(np.abs(T), initial=0.0)))
+    sizes = sum(float(np.sum(size)) for *_, size, _, _ in queries) / max(n_alive, 1)
+    roundoff = 8 * 2.0**-52 * (floors["value"] + sizes * score_scale) / h
+    scale = max(float(np.max(np.abs(G), initial=0.0)), floors["G"]) or 1.0
+    worst, compared = 0.0, 0
+    for i in range(S0.shape[0]):
+        for j in range(S0.shape[1]):
+            Sp, Sm = S0.copy(), S0.copy()
+            Sp[i, j] += h
+            Sm[i, j] -= h
+            up, regime_up = frozen_value(Sp, S0, pos, neg, profile, **params)
+            down, regime_down = frozen_value(Sm, S0, pos, neg, profile, **params)
+            if regime_up != regime_down:
+                continue  # a clamp or the recall cap switches within the step: a kink
+            compared += 1
+            worst = max(worst, max(abs((up - down) / (2 * h) - G[i, j]) - roundoff, 0.0) / scale)
+    return worst, compared
+
+
+def check_case(profile, hyper, batch, *, fd=True):
+    """``check_case_frozen`` (floors from ``scales``) with this module's finite-difference check."""
+    import gpwref
+    from verification.torch_pairs import masks
+
+    report = check_case_frozen("recall_at_k", sys.modules[__name__], profile, hyper, batch, fd=False)
+    if not fd or "gpwref" in report.skipped:
+        return report
+    params = gpwref.catalog.resolve_hyper(gpwref.get_entry("recall_at_k"), profile, hyper)
+    ours = gpwref.compute("recall_at_k", batch.embeddings, batch.labels, profile=profile, **batch.compute_kwargs(), **hyper)
+    pos, neg = (t.numpy() for t in masks(torch.from_numpy(ours.sim), batch.labels, batch.ref_labels, batch.ref is None, profile, batch.ref_self))
+    err, compared = fd_error(profile, params, ours, pos, neg, scales(params, ours, pos, neg))
+    if compared:
+        report.errors["fd:G"] = err
+    else:
+        report.skipped["fd:G"] = "every entry lies within a step of a clamp or cap switch"
+    return report
 
 
 def _official_mix(U, spc, a):
