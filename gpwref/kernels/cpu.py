@@ -69,7 +69,8 @@ _inline = numba.njit(inline="always", cache=True)
 # the pipeline alternates Numba kernels with BLAS GEMMs, and Numba's OpenMP workers spin-wait after
 # each parallel region while OpenBLAS's threads want the same cores (and the reverse); on 2 cores
 # every hand-over cost ~8 ms (a scheduler time slice), measured as an 8 ms floor under every stage
-# (``benchmarks/results/cpu-2026-11-22.md``: similarity at m = 80, 7.99 ms against NumPy's 0.07 ms).
+# (``benchmarks/results/cpu-2026-11-22-openmp.md``: similarity at m = 80, 7.99 ms against NumPy's 0.07 ms;
+# 0.43 ms with this pool, ``cpu-2026-11-22.md``).
 # Idle pool threads block on a queue and take no core. Each chunk writes only its own rows and
 # keeps its reductions in row order, so the bits do not depend on the chunking or the schedule.
 
