@@ -82,6 +82,7 @@ contrastive_pair = _S["contrastive_pair"]
 lifted_scores = _S["lifted_scores"]
 lifted_song_positive = _S["lifted_song_positive"]
 lifted_generalized_logit = _S["lifted_generalized_logit"]
+lifted_generalized_pair = _S["lifted_generalized_pair"]
 log_sum_from_shifted = _S["log_sum_from_shifted"]
 
 POSITIVE = scalar.POSITIVE
@@ -826,16 +827,8 @@ def kernels(dtype_name: str, threads: int = THREADS, tile: int = TILE, max_block
             for j in range(t, n, threads):
                 s = S[i, j]
                 kind = pair_kind(s, labels[j] == label, j == own, value_rule, self_threshold)
-                weight = 0.0
-                used = False
-                if active and kind == POSITIVE:
-                    z_pos, _, phi = lifted_scores(f64(s), distance, pos_margin, neg_margin, duplicate_gap)
-                    weight = (scale * phi) * (0.0 - math.exp(z_pos - stats[i, 0]) / stats[i, 1])
-                    used = phi != 0
-                elif active and kind == NEGATIVE:
-                    _, z_neg, phi = lifted_scores(f64(s), distance, pos_margin, neg_margin, duplicate_gap)
-                    weight = (scale * phi) * (math.exp(z_neg - stats[i, 2]) / stats[i, 3])
-                    used = phi != 0
+                weight, used = lifted_generalized_pair(f64(s), kind, active, scale, stats[i, 0], stats[i, 1], stats[i, 2],
+                                                       stats[i, 3], distance, pos_margin, neg_margin, duplicate_gap)
                 G[i, j] = weight
                 pos_used[i, j] = used and kind == POSITIVE
                 neg_used[i, j] = used and kind == NEGATIVE

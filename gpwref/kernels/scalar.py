@@ -289,12 +289,26 @@ def lifted_generalized_logit(pos_lse, neg_lse, n_pos, n_neg, empty_zero):
     return pos_lse + neg_lse
 
 
+def lifted_generalized_pair(s, kind, active, scale, pos_top, pos_total, neg_top, neg_total, distance, pos_margin,
+                            neg_margin, duplicate_gap):
+    """Generalised lifted loss, the weight of one pair of an anchor row from the row's max-shifted
+    softmax denominators (``pos_top``, ``pos_total``: max z+ and sum exp(z+ - max) over the row's
+    positives; likewise for the negatives): ``(G_ij, used)`` with ``G_ij = -scale phi softmax_P(z+)_j``
+    on a positive, ``+scale phi softmax_N(z-)_j`` on a negative, 0 when the anchor's hinge is inactive
+    or the pair is neither; ``used``: phi != 0 on a weighted pair."""
+    if not active or (kind != POSITIVE and kind != NEGATIVE):
+        return 0.0, False
+    z_pos, z_neg, phi = lifted_scores(s, distance, pos_margin, neg_margin, duplicate_gap)
+    if kind == POSITIVE:
+        return (scale * phi) * (0.0 - math.exp(z_pos - pos_top) / pos_total), phi != 0
+    return (scale * phi) * (math.exp(z_neg - neg_top) / neg_total), phi != 0
+
 # Order matters: a function may call only those above it.
 FUNCTIONS = (
     "pair_kind", "ms_keep_negative", "ms_keep_positive", "ms_positive_logit", "ms_negative_logit",
     "ms_pair_weight", "ms_negative_scale", "ms_negative_weight_unshifted", "log1p_sum_exp", "add_one_total", "softplus", "logistic", "binomial_positive_logit",
     "binomial_negative_logit", "contrastive_pair", "log_add_exp", "log_sum_from_shifted", "lifted_scores",
-    "lifted_song_pair", "lifted_song_positive", "lifted_generalized_logit",
+    "lifted_song_pair", "lifted_song_positive", "lifted_generalized_logit", "lifted_generalized_pair",
 )
 
 
