@@ -22,6 +22,9 @@ Tolerances (normwise relative error, see ``verification.common.rel_err``):
 * real, 1e-9 -- other code paths (cdist instead of 2 - 2S, other summation orders, PML's
   finfo.min masking) add a few ulps that sqrt and exp can amplify near d = 0;
 * sign and zeros, exactly 0.
+A refs module may set ``VALUE_SCALE``, its value's natural scale, as the floor of the value checks,
+where the value is bounded by construction and may be ~0 (the histogram loss, a probability in
+[0, 1]): its round-off is then absolute, not relative to a value that can be 1e-17.
 """
 
 from __future__ import annotations
@@ -84,7 +87,9 @@ def check_case(loss: str, profile: str, hyper: dict, batch: Batch, *, fd: bool =
     pos, neg = masks(S_leaf, batch.labels, batch.ref_labels, ref_is_batch, profile, batch.ref_self)
     value_at_our_S = mod.torch_loss(S_leaf, pos, neg, profile, **params)
     value_at_our_S.backward()
-    report.errors["autograd:value"] = rel_err(ours.loss, value_at_our_S.item())
+    # a refs module may name its value's natural scale (VALUE_SCALE): the floor of the value checks
+    value_floor = float(getattr(mod, "VALUE_SCALE", 0.0))
+    report.errors["autograd:value"] = rel_err(ours.loss, value_at_our_S.item(), value_floor)
     report.errors["autograd:G"] = rel_err(ours.grad_sim, S_leaf.grad.numpy())
     X = torch.tensor(batch.embeddings, dtype=torch.float64, requires_grad=True)
     R = None if ref_is_batch else torch.tensor(batch.ref, dtype=torch.float64, requires_grad=True)
@@ -99,7 +104,7 @@ def check_case(loss: str, profile: str, hyper: dict, batch: Batch, *, fd: bool =
     # the plain loop, on gpwref's own S
     pos_np, neg_np = (t.numpy() for t in masks(torch.from_numpy(ours.sim), batch.labels, batch.ref_labels, ref_is_batch, profile, batch.ref_self))
     loop_value, loop_G = mod.loop(ours.sim, pos_np, neg_np, profile, **params)
-    report.errors["loop:value"] = rel_err(ours.loss, loop_value)
+    report.errors["loop:value"] = rel_err(ours.loss, loop_value, value_floor)
     report.errors["loop:G"] = rel_err(ours.grad_sim, loop_G)
 
     if fd:

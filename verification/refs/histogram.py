@@ -15,6 +15,12 @@ import torch
 from gpwref.losses.histogram import AT_ONE, RANGE_SLACK
 from verification.common import NotApplicable
 
+# L = sum_r h-(r) Phi+(r) is a probability in [0, 1] (both histograms sum to 1): its round-off is
+# absolute, ~n_bins 2^-53, whatever L is. When every positive sits above every negative up to one
+# ulp (a duplicate at S = 1 - 2^-53 puts ~1e-16 of a positive's mass on a lower node) L is ~1e-17,
+# and two correct evaluations can give 0 and 5e-17: compared against the scale 1, not against L.
+VALUE_SCALE = 1.0
+
 
 def _entering(pos, neg, pair_rule: str, ref_is_batch: bool):
     """(positive pairs, negative pairs) as lists of (i, j); unordered i < j with the batch as reference."""
