@@ -168,6 +168,39 @@ def test_numba_bitwise_deterministic(dtype, loss):
                 assert np.array_equal(other.grad_ref, runs[0].grad_ref)
 
 
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_numba_pool_works_in_a_forked_child():
+    """A child forked after the pool started (a DataLoader worker, say) gets its own pool: the same
+    result, not a hang on a queue that no inherited thread serves."""
+    import os
+
+    from gpwref.kernels import cpu
+
+    X, y = _clustered(256, 16, 4, 2.0, seed=8)
+    want = gpwref.compute("multi_similarity", X, y, backend="numba")  # starts the parent's pool
+    assert cpu._executor() is not None
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: compute, report, leave without running the parent's cleanup
+        try:
+            got = gpwref.compute("multi_similarity", X, y, backend="numba")
+            ok = got.loss == want.loss and np.array_equal(got.grad_emb, want.grad_emb)
+            os.write(write, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.close(write)
+    import select
+    import signal
+
+    ready, _, _ = select.select([read], [], [], 120)  # a child stuck on the inherited pool never writes
+    if not ready:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child did not finish in 120 s (its kernels waited on the parent's pool)")
+    _, status = os.waitpid(pid, 0)
+    assert os.read(read, 1) == b"1" and status == 0
+
+
 @pytest.mark.parametrize("m", [1, 2, 31, 32, 33, 65, 100])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_gram_is_exactly_symmetric_and_matches_the_product(m, dtype):

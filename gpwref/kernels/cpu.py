@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -103,11 +104,17 @@ def set_max_threads(count: int) -> None:
             _pool = None
 
 
+_pool_pid: int | None = None
+
+
 def _executor() -> ThreadPoolExecutor:
-    global _pool
+    """The pool, created on first use, and again in a forked child (which inherits the pool object
+    but none of its threads: work submitted there would never run)."""
+    global _pool, _pool_pid
     with _pool_lock:
-        if _pool is None:
+        if _pool is None or _pool_pid != os.getpid():
             _pool = ThreadPoolExecutor(max_workers=max_threads(), thread_name_prefix="gpwref-rows")
+            _pool_pid = os.getpid()
         return _pool
 
 
