@@ -22,6 +22,11 @@ way, with the same tolerances (``verification.harness.TOLERANCES``), plus:
   batch whose exact G is 0 carries ~1e-16 c/tau of noise on either side. These sizes are the floors
   of the value, G and fd comparisons (and, entry by entry, of dX's floor); ``"extras": {name: size}``
   does the same for an extra gradient (margin loss's dL/dbeta is a signed sum of terms 1/Z).
+* finite differences' own round-off. ``fd_roundoff(params, ours, pos, neg, floors) -> float``: the
+  absolute round-off of a central difference of ``frozen_value`` at the harness's step (as the
+  harness's ``8 eps |L| / h``, with |L| replaced by the size of what the value is computed from),
+  subtracted from each entry's FD error before it is measured (RS@k, whose G can be 1e-20 while
+  the value's terms are O(1)).
 * labels and extra gradients. ``NEEDS_LABELS = True`` passes ``labels=`` (the anchors' labels) to
   torch_loss, loop and frozen_value (per-class parameters); ``torch_extras(S, pos, neg, profile,
   [labels,] **hyper) -> {name: value}`` gives autograd values of gradients that gpwref reports in
@@ -99,7 +104,8 @@ def check_case_frozen(loss: str, mod, profile: str, hyper: dict, batch: Batch, *
     report.errors["loop:G"] = rel_err(ours.grad_sim, loop_G, g_floor)
 
     if fd:
-        err, compared = frozen_fd_error(mod, profile, {**labels_kw, **params}, ours, pos_np, neg_np, g_floor)
+        roundoff = mod.fd_roundoff(params, ours, pos_np, neg_np, floors) if hasattr(mod, "fd_roundoff") else 0.0
+        err, compared = frozen_fd_error(mod, profile, {**labels_kw, **params}, ours, pos_np, neg_np, g_floor, roundoff)
         if compared:
             report.errors["fd:G"] = err
         else:
@@ -138,8 +144,11 @@ def _grad_emb_floor(ours, batch: Batch, g_floor: float) -> float:
     return float(np.max(rows / norms, initial=0.0) * ref_scale)
 
 
-def frozen_fd_error(mod, profile: str, params: dict, ours, pos: np.ndarray, neg: np.ndarray, g_floor: float = 0.0, h: float = harness.FD_STEP) -> tuple[float, int]:
-    """Worst |FD - G| / max(max|G|, g_floor) over entries of S, FD taken on the frozen-factor value.
+def frozen_fd_error(mod, profile: str, params: dict, ours, pos: np.ndarray, neg: np.ndarray, g_floor: float = 0.0,
+                    roundoff: float = 0.0, h: float = harness.FD_STEP) -> tuple[float, int]:
+    """Worst (|FD - G| - roundoff)_+ / max(max|G|, g_floor) over entries of S, FD taken on the
+    frozen-factor value; ``roundoff`` is FD's own absolute round-off (0 unless the refs module gives
+    ``fd_roundoff``).
 
     An entry is skipped when the frozen function changes branch (``regime``) within +-h.
     """
@@ -159,5 +168,5 @@ def frozen_fd_error(mod, profile: str, params: dict, ours, pos: np.ndarray, neg:
             if regime_up != regime_down:
                 continue
             compared += 1
-            worst = max(worst, abs((up - down) / (2 * h) - G[i, j]) / scale)
+            worst = max(worst, max(abs((up - down) / (2 * h) - G[i, j]) - roundoff, 0.0) / scale)
     return worst, compared

@@ -1,8 +1,8 @@
 """Second opinions on RS@k (+ SiMix): torch formulation, plain loop, the official code's rules.
 
 Written from the formulas (catalog.md 2.17, section 3 items 14-15) without calling gpwref's code.
-The loss brings its own ``check_case`` (``check_case_frozen`` plus a finite-difference check with a
-round-off allowance), because two things of this loss are beyond the generic harness:
+The loss is checked by ``check_case_frozen`` (``verification/refs/_checks.py``), because two things of
+this loss are beyond the generic harness:
 
 * cancellation. A positive's weight is the difference of two sums of slopes,
   G_qj = sum_{p != j} w_p sigma1'_jp - w_j sum_{z != j} sigma1'_zj (pushed by the other positives'
@@ -14,7 +14,7 @@ round-off allowance), because two things of this loss are beyond the generic har
   ``recall_cap`` switches a k-term off where R_k crosses k. ``frozen_value`` returns the value
   (``torch_loss`` with no autograd) and the ``regime`` (the side of every clamp and cap), and the
   finite-difference check skips an entry of S whose +-h step changes it. Like the harness's, it
-  subtracts the differences' own round-off (``fd_error``), so a G of 1e-20 on well-separated scores
+  subtracts the differences' own round-off (``fd_roundoff``), so a G of 1e-20 on well-separated scores
   is not measured against a value difference that only holds noise.
 """
 
@@ -309,53 +309,24 @@ def frozen_value(S_eval, S_frozen, pos, neg, profile, **params):
     return float(value), regime
 
 
-def fd_error(profile, params, ours, pos, neg, floors, h=harness.FD_STEP):
-    """Worst |FD - G| / max(max|G|, G floor) over the entries of S whose +-h step keeps the regime.
-
-    FD is taken on ``frozen_value``. Its own round-off is subtracted first, as the harness does
-    (``verification.harness.fd_error``): 8 eps / h times the size of what the value is computed from,
-    the value's terms plus its sensitivity to the rounding of the scores, sum_qj sizes_qj |s|max
+def fd_roundoff(params, ours, pos, neg, floors, h=harness.FD_STEP):
+    """FD's own round-off, subtracted from each entry's error by ``check_case_frozen``, as the harness
+    does (``verification.harness.fd_error``): 8 eps / h times the size of what the value is computed
+    from, the value's terms plus its sensitivity to the rounding of the scores, sum_qj sizes_qj |s|max
     (a score rounded by eps |s| moves l_q by at most sizes_qj eps |s|), |s|max the largest |T|.
     """
-    S0, G = ours.sim, ours.grad_sim
+    S0 = ours.sim
     M, queries, n_alive = _queries(S0, pos, neg, **params)
     T = S0 if M is None else M @ np.where(np.eye(S0.shape[0], dtype=bool), 1.0, S0) @ M.T
     score_scale = max(1.0, float(np.max(np.abs(T), initial=0.0)))
     sizes = sum(float(np.sum(size)) for *_, size, _, _ in queries) / max(n_alive, 1)
-    roundoff = 8 * 2.0**-52 * (floors["value"] + sizes * score_scale) / h
-    scale = max(float(np.max(np.abs(G), initial=0.0)), floors["G"]) or 1.0
-    worst, compared = 0.0, 0
-    for i in range(S0.shape[0]):
-        for j in range(S0.shape[1]):
-            Sp, Sm = S0.copy(), S0.copy()
-            Sp[i, j] += h
-            Sm[i, j] -= h
-            up, regime_up = frozen_value(Sp, S0, pos, neg, profile, **params)
-            down, regime_down = frozen_value(Sm, S0, pos, neg, profile, **params)
-            if regime_up != regime_down:
-                continue  # a clamp or the recall cap switches within the step: a kink
-            compared += 1
-            worst = max(worst, max(abs((up - down) / (2 * h) - G[i, j]) - roundoff, 0.0) / scale)
-    return worst, compared
+    return 8 * 2.0**-52 * (floors["value"] + sizes * score_scale) / h
 
 
 def check_case(profile, hyper, batch, *, fd=True):
-    """``check_case_frozen`` (floors from ``scales``) with this module's finite-difference check."""
-    import gpwref
-    from verification.torch_pairs import masks
-
-    report = check_case_frozen("recall_at_k", sys.modules[__name__], profile, hyper, batch, fd=False)
-    if not fd or "gpwref" in report.skipped:
-        return report
-    params = gpwref.catalog.resolve_hyper(gpwref.get_entry("recall_at_k"), profile, hyper)
-    ours = gpwref.compute("recall_at_k", batch.embeddings, batch.labels, profile=profile, **batch.compute_kwargs(), **hyper)
-    pos, neg = (t.numpy() for t in masks(torch.from_numpy(ours.sim), batch.labels, batch.ref_labels, batch.ref is None, profile, batch.ref_self))
-    err, compared = fd_error(profile, params, ours, pos, neg, scales(params, ours, pos, neg))
-    if compared:
-        report.errors["fd:G"] = err
-    else:
-        report.skipped["fd:G"] = "every entry lies within a step of a clamp or cap switch"
-    return report
+    """``check_case_frozen`` with floors from ``scales``, regimes from ``frozen_value`` (clamp sides,
+    cap states: a step that switches one is a kink) and FD round-off from ``fd_roundoff``."""
+    return check_case_frozen("recall_at_k", sys.modules[__name__], profile, hyper, batch, fd=fd)
 
 
 def _official_mix(U, spc, a):
