@@ -504,6 +504,14 @@ def scale_rows(G, pos_used, neg_used, pos_scale, neg_scale, row0, row1):
 _TILE = 32
 
 
+def _tile_pairs(m: int, upper: bool) -> np.ndarray:
+    """(block row, block column) of the 32 x 32 tiles of an m x m matrix on and above (``upper``)
+    or on and below the diagonal, row by row: the work items of the tiled transposing kernels."""
+    blocks = (m + _TILE - 1) // _TILE
+    rows, columns = np.triu_indices(blocks) if upper else np.tril_indices(blocks)
+    return np.stack([rows, columns], axis=1).astype(np.int64)
+
+
 @numba.njit(cache=True, nogil=True)
 def _symmetrize_tiles(G, H, tiles, row0, row1):
     """``H = G + G^T`` (square G), ``H_ij = G_ij + G_ji`` in that order.
@@ -539,9 +547,7 @@ def _symmetrize_tiles(G, H, tiles, row0, row1):
 
 def symmetrize(G, H):
     """``H = G + G^T`` (square G): ``_symmetrize_tiles`` over the pairs of 32 x 32 tiles (I <= J)."""
-    blocks = (G.shape[0] + _TILE - 1) // _TILE
-    upper = np.triu_indices(blocks)
-    tiles = np.stack(upper, axis=1).astype(np.int64)
+    tiles = _tile_pairs(G.shape[0], upper=True)
     run_rows(_symmetrize_tiles, len(tiles), (G, H, tiles))
 
 
@@ -577,9 +583,7 @@ def gram(U: np.ndarray) -> np.ndarray:
 
     syrk = blas.ssyrk if U.dtype == np.float32 else blas.dsyrk
     S = syrk(1.0, U.T, trans=1).T
-    blocks = (S.shape[0] + _TILE - 1) // _TILE
-    lower = np.tril_indices(blocks)
-    tiles = np.stack(lower, axis=1).astype(np.int64)
+    tiles = _tile_pairs(S.shape[0], upper=False)
     run_rows(_mirror_lower_tiles, len(tiles), (S, tiles))
     return S
 
