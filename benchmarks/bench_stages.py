@@ -47,7 +47,8 @@ def _numpy_stages(X, y):
 def _numba_stages(X, y):
     """The Numba pipeline's own stages on the batch: the row statistics and the symmetric weights
     pass (G, masks, value and H = G + G^T, here into one whole H) are "mining+weighting"; the
-    backend interleaves the weights pass with the gradient GEMM in blocks of rows."""
+    backend interleaves the weights pass with the gradient GEMM in blocks of rows
+    (``cpu.ms_symmetric_gradient``)."""
     from gpwref.kernels import backends, cpu
 
     dtype = np.dtype(np.float32)
@@ -78,13 +79,13 @@ def _numba_stages(X, y):
         return cpu.gram(U_)
 
     def embedding_gradient():
-        return backends._through(cpu, H @ U, U, norms)
+        return backends._through(cpu, cpu.matmul_rows(H, U), U, norms)
 
-    def gemm_s():  # syrk + the tiled mirror, as the pipeline forms S on the batch
+    def gemm_s():  # the lower triangle in row blocks + the tiled mirror, as the pipeline forms S on the batch
         return cpu.gram(U)
 
-    def gemm_grad():
-        return H @ U
+    def gemm_grad():  # single-threaded BLAS on blocks of rows on the pool, as the pipeline runs it
+        return cpu.matmul_rows(H, U)
 
     def symmetrize():  # the tiled G + G^T the other kernel losses use (not the MS path)
         H_ = np.empty_like(H)

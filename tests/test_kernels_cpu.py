@@ -201,15 +201,18 @@ def test_numba_pool_works_in_a_forked_child():
     assert os.read(read, 1) == b"1" and status == 0
 
 
-@pytest.mark.parametrize("m", [1, 2, 31, 32, 33, 65, 100])
+@pytest.mark.parametrize("m", [1, 2, 31, 32, 33, 65, 100, 255, 256, 257, 600])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_gram_is_exactly_symmetric_and_matches_the_product(m, dtype):
-    """cpu.gram (syrk + tiled mirror): C-ordered, S == S^T bit for bit, and U U^T in float64 within
-    the dtype's accumulated round-off (d eps |u_i| |u_j|), at sizes on and across the 32-row tiles."""
+    """cpu.gram (lower triangle in 256-row BLAS blocks + tiled mirror): C-ordered, S == S^T bit for
+    bit, and U U^T in float64 within the dtype's accumulated round-off (d eps |u_i| |u_j|), at sizes
+    on and across the 32-row tiles and the row blocks; the same bits on one thread or two."""
     from gpwref.kernels import cpu
 
     U = np.random.default_rng(m).normal(size=(m, 9)).astype(dtype)
     S = cpu.gram(U)
+    with cpu.threads(1):
+        assert np.array_equal(cpu.gram(U), S)
     assert S.dtype == dtype and S.flags.c_contiguous and S.shape == (m, m)
     assert np.array_equal(S, S.T)
     U64 = U.astype(np.float64)
@@ -225,6 +228,8 @@ def test_numba_bits_do_not_depend_on_threads_or_chunks(loss, monkeypatch):
     from gpwref.kernels import cpu
 
     X, y = _clustered(256, 16, 4, 2.0, seed=7)
+    monkeypatch.setattr(cpu, "BLAS_BLOCK_ROWS", 48)  # several GEMM blocks (fixed: part of the bits)
+    monkeypatch.setattr(backends, "SYMMETRIC_BLOCK_BYTES", 40 * 256 * 4)  # several H blocks
     profile = "pml" if "pml" in gpwref.get_entry(loss).defaults else "paper"
     run = lambda: gpwref.compute(loss, X, y, profile=profile, backend="numba", dtype="float32")  # noqa: E731
     with cpu.threads(1):
@@ -372,3 +377,44 @@ def test_unavailable_cuda_backend_is_an_error_not_a_fallback():
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert "ERROR backend: 'cuda' is unavailable on this machine" in out.stdout, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_matmul_rows_matches_the_product_and_not_the_thread_count(dtype, transposed, monkeypatch):
+    """cpu.matmul_rows (single-threaded BLAS on blocks of A's rows, on the pool): C-ordered, A B in
+    float64 within the dtype's accumulated round-off (k eps |a_i| |b_j|), the last block partial,
+    A given transposed (G^T in the reference-set path), and the same bits on one thread or two."""
+    from gpwref.kernels import cpu
+
+    monkeypatch.setattr(cpu, "BLAS_BLOCK_ROWS", 64)
+    rng = np.random.default_rng(5)
+    A = rng.normal(size=(37, 300)).astype(dtype).T if transposed else rng.normal(size=(300, 37)).astype(dtype)
+    B = rng.normal(size=(37, 11)).astype(dtype)
+    got = cpu.matmul_rows(A, B)
+    assert got.dtype == dtype and got.flags.c_contiguous and got.shape == (300, 11)
+    A64, B64 = A.astype(np.float64), B.astype(np.float64)
+    bound = 37 * np.finfo(dtype).eps * np.outer(np.abs(A64).sum(axis=1), np.abs(B64).max(axis=0))
+    assert np.all(np.abs(got - A64 @ B64) <= bound)
+    with cpu.threads(1):
+        assert np.array_equal(cpu.matmul_rows(A, B), got)
+
+
+def test_blas_single_limits_blas_to_one_thread_and_restores_it():
+    """Inside cpu.blas_single every BLAS library threadpoolctl sees runs one thread; after it, each
+    has its own count back (the kernels must not leave the user's BLAS single-threaded)."""
+    from threadpoolctl import threadpool_info
+
+    from gpwref.kernels import cpu
+
+    def counts():
+        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+    before = counts()
+    assert before, "no BLAS library found: the test would check nothing"
+    with cpu.blas_single():
+        assert counts() == [1] * len(before)
+        with cpu.blas_single():  # nested (gram inside the pipeline): still one, then still one
+            pass
+        assert counts() == [1] * len(before)
+    assert counts() == before

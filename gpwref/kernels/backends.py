@@ -202,7 +202,8 @@ def run_device(entry, profile, params, embeddings, labels, ref, ref_labels, norm
 # Below this many pairs a parallel region costs more than it saves (and on a busy machine waiting
 # for the second thread's time slice can cost milliseconds): the Numba kernels then run on one thread.
 PARALLEL_MIN_PAIRS = 1 << 15
-# Rows of H = G + G^T formed at a time by the symmetric MS kernel (then multiplied by U): 8 MiB.
+# Rows of H = G + G^T formed at a time by each worker of the symmetric MS kernel (then multiplied
+# by U): 8 MiB per worker.
 SYMMETRIC_BLOCK_BYTES = 8 << 20
 
 
@@ -226,7 +227,7 @@ def _numba_pipeline(entry, profile, params, X, y, R, yr, ref_is_batch, ref_self,
         U, V = X, R
     # On the batch S = U U^T is BLAS syrk, mirrored (cpu.gram): exactly symmetric, which the MS
     # kernels use to form G + G^T without transposing G (see cpu.py).
-    S = cpu.gram(U) if ref_is_batch else U @ V.T
+    S = cpu.gram(U) if ref_is_batch else cpu.matmul_rows(U, V.T)
     symmetric = ref_is_batch and entry.name == "multi_similarity"  # cpu.gram's S is exactly symmetric
     pair = _numba_pairs(cpu, entry, profile, params, S, y, yr, ref_is_batch, ref_self, dtype, U if symmetric else None)
     G = pair["grad_sim"]
@@ -236,10 +237,10 @@ def _numba_pipeline(entry, profile, params, X, y, R, yr, ref_is_batch, ref_self,
         else:
             H = np.empty_like(G)
             cpu.symmetrize(G, H)
-            grad_u = H @ U
+            grad_u = cpu.matmul_rows(H, U)
         grad_v = None
     else:
-        grad_u, grad_v = G @ V, G.T @ U
+        grad_u, grad_v = cpu.matmul_rows(G, V), cpu.matmul_rows(G.T, U)
     if normalize:
         grad_u = _through(cpu, grad_u, U, norms)
         if grad_v is not None:
@@ -322,14 +323,7 @@ def _numba_pairs(cpu, entry, profile, params, S, y, yr, ref_is_batch, ref_self, 
         scalars = (hp["alpha"], hp["beta"], hp["lam"], extremes, kept, sums)
         if symmetric:  # H = G + G^T in blocks of rows, each multiplied by U at once (H is never whole)
             block = max(1, min(m, SYMMETRIC_BLOCK_BYTES // (m * dtype.itemsize)))
-            H = np.empty((block, m), dtype=dtype)
-            grad = np.empty((m, unit.shape[1]), dtype=dtype)
-            for row0 in range(0, m, block):
-                rows = min(block, m - row0)
-                H[:rows] = 0
-                cpu.ms_rows_symmetric(S, y, *common, *scalars, row0, G, H[:rows], pos_used, neg_used)
-                np.matmul(H[:rows], unit, out=grad[row0:row0 + rows])
-            out["grad_unit"] = grad
+            out["grad_unit"] = cpu.ms_symmetric_gradient(S, y, *common, *scalars, G, pos_used, neg_used, unit, block)
         else:
             cpu.ms_rows(S, y, yr, own, *common, *scalars, G, pos_used, neg_used)
         return out

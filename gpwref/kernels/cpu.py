@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -140,6 +141,74 @@ def run_rows(compiled, items: int, args: tuple) -> None:
     futures = [_executor().submit(compiled, *args, bounds[c], bounds[c + 1]) for c in range(chunks)]
     for future in futures:
         future.result()
+
+
+def run_items(work, items) -> None:
+    """``work(item)`` for each item: on this thread, or on the pool, one task per item taken in the
+    order given by whichever worker is free (list the costliest items first for balance). Each item
+    must write only its own part of the outputs, so the result does not depend on the schedule."""
+    items = list(items)
+    workers = min(getattr(_local, "threads", None) or max_threads(), len(items))
+    if workers <= 1:
+        for item in items:
+            work(item)
+        return
+    futures = [_executor().submit(work, item) for item in items]
+    for future in futures:
+        future.result()
+
+
+# ---------------------------------------------------------------------------------------------
+# BLAS on the pool, one thread per call
+#
+# OpenBLAS's own threads spin for a while after every call (``OPENBLAS_THREAD_TIMEOUT``, about 0.1 s
+# by default) waiting for the next one; on 2 cores they took the cores from the Numba kernels that
+# follow each GEMM (and NumPy and SciPy each load their own OpenBLAS, with its own spinning threads).
+# Measured at m = 4096, d = 512, float32 (``/tmp``-free numbers in benchmarks/README.md): the same
+# pipeline took 409 ms with spinning BLAS threads and 266 ms with OPENBLAS_THREAD_TIMEOUT=4. The
+# kernels therefore call BLAS limited to one thread (``blas_single``, through threadpoolctl) and
+# split each GEMM into fixed blocks of rows run on gpwref's pool (``matmul_rows``, ``gram``): BLAS's
+# threads are never woken, and since the blocks do not depend on the thread count, neither do the bits.
+
+_blas_libraries = None
+
+
+@contextmanager
+def blas_single():
+    """Limit the loaded BLAS libraries to one thread within this block (restored after). Without
+    threadpoolctl this does nothing (BLAS then runs its own threads, which is correct but slower).
+    The limit is process-wide while it lasts: BLAS called from another Python thread at the same
+    time runs single-threaded too."""
+    global _blas_libraries
+    if _blas_libraries is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+
+            _blas_libraries = ThreadpoolController().select(user_api="blas")
+        except Exception:  # pragma: no cover - threadpoolctl missing or unable to inspect
+            _blas_libraries = False
+    if not _blas_libraries:
+        yield
+        return
+    with _blas_libraries.limit(limits=1):
+        yield
+
+
+# Rows per BLAS call in ``matmul_rows`` and ``gram``: the GEMM's efficiency is flat from 256 rows
+# up (one thread, 4096 x 4096 @ 4096 x 512, float32: 179 ms at 256 rows, 173 ms whole).
+BLAS_BLOCK_ROWS = 256
+
+
+def matmul_rows(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """``A @ B`` (C-ordered result) as single-threaded BLAS calls on blocks of A's rows, in parallel."""
+    out = np.empty((A.shape[0], B.shape[1]), dtype=np.result_type(A, B))
+
+    def block(row0):
+        np.matmul(A[row0:row0 + BLAS_BLOCK_ROWS], B, out=out[row0:row0 + BLAS_BLOCK_ROWS])
+
+    with blas_single():
+        run_items(block, range(0, A.shape[0], BLAS_BLOCK_ROWS))
+    return out
 
 
 def rows_kernel(count):
@@ -351,28 +420,45 @@ def ms_rows_symmetric(S, labels, value_rule, self_threshold, mine, eps, compare,
     m = S.shape[0]
     min_pos = np.ascontiguousarray(extremes[:, 0])
     any_neg = np.ascontiguousarray(kept[:, 1])
+    row_scale = np.ascontiguousarray(sums[:, 4])  # the unshifted form's row factor, -1: not usable
+    flags = np.empty(m, dtype=np.uint8)
     candidates = np.empty(m, dtype=np.int64)
     for r in range(first, stop):  # rows row0 + first .. row0 + stop of this call's block
         i = row0 + r
         label = labels[i]
         # (1) without branches, the columns that can carry a weight: same label, or a negative that
         # row i or row j keeps by the exact mining test (most negatives are kept by neither)
-        count = 0
+        # (a loop of flags that vectorises, then the compaction: 65 -> 60 ms for this kernel at
+        # m = 4096, d = 512, float32, one thread)
+        min_pos_i = min_pos[i]
         for j in range(m):
             s = S[i, j]
-            candidates[count] = j
-            count += (labels[j] == label) | (not mine) | ms_keep_negative(s, min_pos[i], eps, compare) \
+            flags[j] = (labels[j] == label) | (not mine) | ms_keep_negative(s, min_pos_i, eps, compare) \
                 | ms_keep_negative(s, min_pos[j], eps, compare)
+        count = 0
+        for j in range(m):
+            candidates[count] = j
+            count += flags[j]
         # (2) those columns' weights
         for c in range(count):
             j = candidates[c]
             s = S[i, j]
             if labels[j] != label:  # a negative for both rows: kept by row i? by row j?
-                keep_i = any_neg[i] and (not mine or ms_keep_negative(s, min_pos[i], eps, compare))
-                keep_j = any_neg[j] and (not mine or ms_keep_negative(s, min_pos[j], eps, compare))
+                keep_i = any_neg[i] & ((not mine) | ms_keep_negative(s, min_pos[i], eps, compare))
+                keep_j = any_neg[j] & ((not mine) | ms_keep_negative(s, min_pos[j], eps, compare))
+                z = ms_negative_logit(f64(s), beta, lam)
+                if not ((keep_i & (row_scale[i] < 0.0)) | (keep_j & (row_scale[j] < 0.0))):
+                    # the common case, with no branch on which of the two rows keeps the pair (a coin
+                    # toss for the predictor): both weights in the unshifted form, 0 where not kept
+                    # (G and H come in zeroed, so writing 0 changes nothing)
+                    exp_z = math.exp(z)
+                    G[i, j] = ms_negative_weight_unshifted(exp_z, row_scale[i], m) if keep_i else 0.0
+                    H[r, j] = ms_negative_weight_unshifted(exp_z, row_scale[j], m) if keep_j else 0.0
+                    H[r, j] = G[i, j] + H[r, j]
+                    neg_used[i, j] = keep_i
+                    continue
                 if not (keep_i or keep_j):
                     continue
-                z = ms_negative_logit(f64(s), beta, lam)
                 fast = (keep_i and sums[i, 4] >= 0.0) or (keep_j and sums[j, 4] >= 0.0)
                 exp_z = math.exp(z) if fast else 0.0
                 g = _negative_weight(s, z, exp_z, keep_i, i, extremes, kept, sums, mine, eps, compare, alpha, beta, lam, m)
@@ -394,6 +480,36 @@ def ms_rows_symmetric(S, labels, value_rule, self_threshold, mine, eps, compare,
                 H[r, j] = g_t
                 H[r, j] = G[i, j] + H[r, j]
                 pos_used[i, j] = keep_p
+
+
+def ms_symmetric_gradient(S, labels, value_rule, self_threshold, mine, eps, compare, alpha, beta, lam,
+                          extremes, kept, sums, G, pos_used, neg_used, U, block_rows):
+    """MS loss on the batch: G and the masks (zeroed on entry) and ``grad_unit = (G + G^T) U``.
+
+    Blocks of ``block_rows`` rows are pool tasks: each forms its rows of H = G + G^T
+    (``ms_rows_symmetric``) in a buffer of its own and multiplies them by U at once with one
+    single-threaded BLAS call, so H is never whole and the block is still in cache for its GEMM. The
+    blocks do not depend on the thread count, so neither do the bits.
+    """
+    m = S.shape[0]
+    grad = np.empty((m, U.shape[1]), dtype=U.dtype)
+    buffers = queue.SimpleQueue()  # one H buffer per worker, reused by its later blocks
+
+    def block(row0):
+        rows = min(block_rows, m - row0)
+        try:
+            H = buffers.get_nowait()
+        except queue.Empty:
+            H = np.empty((block_rows, m), dtype=G.dtype)
+        H[:rows] = 0
+        ms_rows_symmetric.compiled(S, labels, value_rule, self_threshold, mine, eps, compare, alpha, beta, lam,
+                                   extremes, kept, sums, row0, G, H[:rows], pos_used, neg_used, 0, rows)
+        np.matmul(H[:rows], U, out=grad[row0:row0 + rows])
+        buffers.put(H)
+
+    with blas_single():
+        run_items(block, range(0, m, block_rows))
+    return grad
 
 
 @rows_kernel(_rows_of_first)
@@ -571,19 +687,26 @@ def _mirror_lower_tiles(S, tiles, first, stop):
 
 
 def gram(U: np.ndarray) -> np.ndarray:
-    """S = U U^T, exactly symmetric, C-ordered: BLAS syrk computes one triangle (half the GEMM's
-    flops) and ``_mirror_lower_tiles`` copies it across in parallel tiles.
+    """S = U U^T, exactly symmetric, C-ordered: the lower triangle in blocks of rows,
+    ``S[r0:r1, :r1] = U[r0:r1] U[:r1]^T`` (single-threaded BLAS calls on the pool, largest first), then
+    ``_mirror_lower_tiles`` copies it across in parallel tiles.
 
-    (NumPy's ``U @ U.T`` also calls syrk, then mirrors the triangle in a single-threaded strided
-    loop: ~47 ms of its ~160 ms at m = 4096, d = 512, float32, one core.) syrk on ``U.T`` (a
-    Fortran-ordered d x m view of U, so no copy) with ``trans=1`` returns the upper triangle of a
-    Fortran-ordered m x m array, whose C-ordered transpose holds the lower triangle.
+    The upper part of each diagonal block is computed and then overwritten by the mirror (about
+    6 % more flops than syrk's half GEMM at 256-row blocks), and the GEMMs run where the kernels do
+    (``blas_single``). Measured at m = 4096, d = 512, float32, 2 threads: 67 ms, against 80 ms for
+    multi-threaded syrk + mirror and 110 ms for NumPy's ``U @ U.T`` (which also calls syrk, then
+    mirrors the triangle in a single-threaded strided loop).
     """
-    from scipy.linalg import blas
+    m = U.shape[0]
+    S = np.empty((m, m), dtype=U.dtype)
 
-    syrk = blas.ssyrk if U.dtype == np.float32 else blas.dsyrk
-    S = syrk(1.0, U.T, trans=1).T
-    tiles = _tile_pairs(S.shape[0], upper=False)
+    def block(row0):
+        row1 = min(m, row0 + BLAS_BLOCK_ROWS)
+        np.matmul(U[row0:row1], U[:row1].T, out=S[row0:row1, :row1])
+
+    with blas_single():
+        run_items(block, reversed(range(0, m, BLAS_BLOCK_ROWS)))
+    tiles = _tile_pairs(m, upper=False)
     run_rows(_mirror_lower_tiles, len(tiles), (S, tiles))
     return S
 
