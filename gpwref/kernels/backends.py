@@ -225,8 +225,8 @@ def _numba_pipeline(entry, profile, params, X, y, R, yr, ref_is_batch, ref_self,
         V, ref_norms = (U, norms) if ref_is_batch else _unit_rows(cpu, R, "ref")
     else:
         U, V = X, R
-    # On the batch S = U U^T is BLAS syrk, mirrored (cpu.gram): exactly symmetric, which the MS
-    # kernels use to form G + G^T without transposing G (see cpu.py).
+    # On the batch S = U U^T is its lower triangle, mirrored (cpu.gram): exactly symmetric, which
+    # the MS kernels use to form G + G^T without transposing G (see cpu.py).
     S = cpu.gram(U) if ref_is_batch else cpu.matmul_rows(U, V.T)
     symmetric = ref_is_batch and entry.name == "multi_similarity"  # cpu.gram's S is exactly symmetric
     pair = _numba_pairs(cpu, entry, profile, params, S, y, yr, ref_is_batch, ref_self, dtype, U if symmetric else None)

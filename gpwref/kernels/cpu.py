@@ -3,8 +3,9 @@
 Each kernel writes only its own rows of the outputs and keeps its accumulators in local variables,
 so there are no races and two runs give identical bits whatever the thread schedule or chunking
 (rows run in chunks on gpwref's own thread pool, not Numba's OpenMP layer: see "Parallel rows without
-OpenMP" below). The GEMMs (S = U V^T and the embedding gradient) are not here: the backend calls BLAS
-for them (``gram`` forms S = U U^T on the batch with syrk and a tiled mirror).
+OpenMP" below). The GEMMs (S = U V^T and the embedding gradient) are BLAS, called one thread per
+call on blocks of rows on the same pool (``matmul_rows``; ``gram`` forms S = U U^T on the batch as its
+lower triangle and a tiled mirror; see "BLAS on the pool, one thread per call").
 
 The MS row kernels visit an m x m matrix in two steps per row: a branch-free sweep that collects the
 columns that can carry a weight (same label, or kept by the exact mining test), then the weights of
@@ -164,8 +165,9 @@ def run_items(work, items) -> None:
 # OpenBLAS's own threads spin for a while after every call (``OPENBLAS_THREAD_TIMEOUT``, about 0.1 s
 # by default) waiting for the next one; on 2 cores they took the cores from the Numba kernels that
 # follow each GEMM (and NumPy and SciPy each load their own OpenBLAS, with its own spinning threads).
-# Measured at m = 4096, d = 512, float32 (``/tmp``-free numbers in benchmarks/README.md): the same
-# pipeline took 409 ms with spinning BLAS threads and 266 ms with OPENBLAS_THREAD_TIMEOUT=4. The
+# Measured at m = 4096, d = 512, float32, 2 threads (benchmarks/README.md): the same pipeline took
+# 409 ms with BLAS's threads spinning and 266 ms with OPENBLAS_THREAD_TIMEOUT=4 (they then sleep at
+# once; an environment variable read when OpenBLAS loads, which a library cannot set). The
 # kernels therefore call BLAS limited to one thread (``blas_single``, through threadpoolctl) and
 # split each GEMM into fixed blocks of rows run on gpwref's pool (``matmul_rows``, ``gram``): BLAS's
 # threads are never woken, and since the blocks do not depend on the thread count, neither do the bits.
