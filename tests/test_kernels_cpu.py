@@ -418,3 +418,12 @@ def test_blas_single_limits_blas_to_one_thread_and_restores_it():
             pass
         assert counts() == [1] * len(before)
     assert counts() == before
+    # overlapping, as from two Python threads: A enters, B enters, A leaves, B leaves. BLAS stays
+    # single-threaded until B leaves, and B must restore the counts A found (not A's limit of 1)
+    a, b = cpu.blas_single(), cpu.blas_single()
+    a.__enter__()
+    b.__enter__()
+    a.__exit__(None, None, None)
+    assert counts() == [1] * len(before)
+    b.__exit__(None, None, None)
+    assert counts() == before

@@ -173,15 +173,21 @@ def run_items(work, items) -> None:
 # threads are never woken, and since the blocks do not depend on the thread count, neither do the bits.
 
 _blas_libraries = None
+_blas_lock = threading.Lock()
+_blas_users = 0  # blocks inside blas_single now, over every thread
+_blas_limiter = None  # the limit taken by the first of them, restored by the last
 
 
 @contextmanager
 def blas_single():
-    """Limit the loaded BLAS libraries to one thread within this block (restored after). Without
-    threadpoolctl this does nothing (BLAS then runs its own threads, which is correct but slower).
-    The limit is process-wide while it lasts: BLAS called from another Python thread at the same
-    time runs single-threaded too."""
-    global _blas_libraries
+    """Limit the loaded BLAS libraries to one thread within this block. Without threadpoolctl this
+    does nothing (BLAS then runs its own threads, which is correct but slower).
+
+    The limit is process-wide: the first block to enter (on any thread) takes it and the last to
+    leave restores the counts it found, so nested and overlapping calls from several threads never
+    leave BLAS single-threaded. While any block is inside, BLAS called elsewhere in the process runs
+    single-threaded too."""
+    global _blas_libraries, _blas_users, _blas_limiter
     if _blas_libraries is None:
         try:
             from threadpoolctl import ThreadpoolController
@@ -192,8 +198,18 @@ def blas_single():
     if not _blas_libraries:
         yield
         return
-    with _blas_libraries.limit(limits=1):
+    with _blas_lock:
+        if _blas_users == 0:
+            _blas_limiter = _blas_libraries.limit(limits=1)
+        _blas_users += 1
+    try:
         yield
+    finally:
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0:
+                _blas_limiter.restore_original_limits()
+                _blas_limiter = None
 
 
 # Rows per BLAS call in ``matmul_rows`` and ``gram``: the GEMM's efficiency is flat from 256 rows
