@@ -19,7 +19,7 @@ from hypothesis import given, settings  # noqa: E402
 
 import gpwref  # noqa: E402
 from gpwref.testing import Batch, LossMismatch, assert_loss_matches, batches, explain_mismatch, make_batch  # noqa: E402
-from test_testing_clients import DUPLICATE_X, DUPLICATE_Y, official_ms, pml_ms  # noqa: E402
+from tests.oracle.test_testing_clients import DUPLICATE_X, DUPLICATE_Y, official_ms, pml_ms  # noqa: E402
 
 EXAMPLES = 25
 

@@ -12,7 +12,7 @@ import pytest
 from gpwref.profiles import format_diff
 from gpwref.testing import profile_table
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PAGE = ROOT / "docs" / "oracle.md"
 EXAMPLE = ROOT / "docs" / "examples" / "test_my_ms_loss.py"
 
