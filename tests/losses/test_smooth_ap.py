@@ -1,9 +1,4 @@
-"""Smooth-AP and PNP: hand-derived batches, the tie and clamp rules, and the checks' own reach.
-
-Every expected number below is derived in the comments from the formula, not read from gpwref.
-The other Smooth-AP / PNP convention tests (PML's grouping, the official rules, PML's query as its
-own positive) are in tests/test_losses_proxy_ranking.py.
-"""
+"""smooth_ap: hand-derived batches, modelled conventions and bad input (drawn batches: tests/test_catalog.py)."""
 
 from __future__ import annotations
 
@@ -14,23 +9,74 @@ import pytest
 import torch
 
 import gpwref
-from gpwref.losses import pnp as pnp_module
 from gpwref.losses import smooth_ap as smooth_ap_module
 from gpwref.testing import make_batch
-from verification.common import NotApplicable
 from verification.harness import check_case
 
-
-def sigmoid(x):
-    return 1.0 / (1.0 + math.exp(-x))
+from ._helpers import sigmoid, sigmoid_slope
 
 
-def sigmoid_slope(x, tau):
-    """d sigmoid(x / tau) / dx = sigmoid(x/tau) sigmoid(-x/tau) / tau."""
-    return sigmoid(x / tau) * sigmoid(-x / tau) / tau
+# Smooth-AP. One query (class 0), a positive at s_p and a negative at s_n (reference set):
+# R_P = 1, R_N = g = sigmoid((s_n - s_p)/tau); 1 - AP = g / (1 + g). d/ds_n = g' / (1 + g)^2 with
+# g' = g (1 - g) / tau, and d/ds_p = -g' / (1 + g)^2.
 
 
-# ---------------------------------------------------------------------------------------------
+def test_smooth_ap_hand_derived():
+    tau, sp, sn = 0.1, 0.5, 0.4
+    g = sigmoid((sn - sp) / tau)
+    r = gpwref.from_similarity("smooth_ap", np.array([[sp, sn]]), np.array([0]), np.array([0, 1]), temperature=tau)
+    assert r.loss == pytest.approx(g / (1 + g), rel=1e-14)
+    w = g * (1 - g) / tau / (1 + g) ** 2
+    np.testing.assert_allclose(r.grad_sim, [[-w, w]], rtol=1e-13)
+
+
+def test_smooth_ap_query_in_its_own_ranking_set():
+    # include_query adds the query (score 1) as a relevant item: P' = {p, q}, Omega' = {p, n, q}.
+    #   R_P(p) = 1 + G(1 - s_p), R_N(p) = G(s_n - s_p); R_P(q) = 1 + G(s_p - 1), R_N(q) = G(s_n - 1)
+    #   1 - AP = (1/2) [R_N(p) / (R_P(p) + R_N(p)) + R_N(q) / (R_P(q) + R_N(q))].
+    tau, sp, sn = 0.1, 0.5, 0.4
+    G = lambda x: sigmoid(x / tau)  # noqa: E731
+    want = 0.5 * (G(sn - sp) / (1 + G(1 - sp) + G(sn - sp)) + G(sn - 1) / (1 + G(sp - 1) + G(sn - 1)))
+    r = gpwref.from_similarity("smooth_ap", np.array([[sp, sn]]), np.array([0]), np.array([0, 1]), temperature=tau, include_query=True)
+    assert r.loss == pytest.approx(want, rel=1e-14)
+
+
+def test_smooth_ap_pml_groups_the_batch_in_blocks_of_the_class_count():
+    # PML 2.9 SmoothAPLoss views the batch as (samples per class) blocks of C consecutive items (C =
+    # number of classes). With 2 classes x 3 samples it ranks with the blocks {0,1}, {2,3}, {4,5} as
+    # classes: its value equals gpwref's on those labels, and differs from the true class structure.
+    from pytorch_metric_learning.losses import SmoothAPLoss
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(6, 3))
+    y = np.array([0, 0, 0, 1, 1, 1])
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        got = SmoothAPLoss(temperature=0.01)(torch.tensor(X), torch.as_tensor(y)).item()
+    finally:
+        torch.set_default_dtype(previous)
+    as_blocks = gpwref.compute("smooth_ap", X, np.array([0, 0, 1, 1, 2, 2]), profile="pml").loss
+    as_classes = gpwref.compute("smooth_ap", X, y, profile="pml").loss
+    assert got == pytest.approx(as_blocks, rel=1e-12)
+    assert abs(got - as_classes) > 1e-3
+
+
+def test_smooth_ap_official_rules_on_a_class_sorted_batch():
+    from verification.refs import smooth_ap as ref
+
+    b = ref.grouped_batch(np.random.default_rng(4), square=False)
+    X = torch.tensor(b.embeddings, requires_grad=True)
+    official = ref.official(X, b.labels, None, None, None, True, temperature=0.01, include_query=True, sigmoid_clamp=50.0)
+    ours = gpwref.compute("smooth_ap", b.embeddings, b.labels, include_query=True, sigmoid_clamp=50.0)
+    official.backward()
+    assert official.item() == pytest.approx(ours.loss, abs=1e-13)
+    np.testing.assert_allclose(X.grad.numpy(), ours.grad_emb, rtol=1e-9, atol=1e-13)
+    plain = gpwref.compute("smooth_ap", b.embeddings, b.labels)
+    assert abs(plain.loss - ours.loss) > 1e-3  # the query in its own set matters (catalog item 14)
+
+
+
 # Smooth-AP, one query (reference set), positives at s1, s2 and a negative at sn; g(x) = sigmoid(x/tau):
 #   R_P(1) = 1 + g(s2 - s1), R_N(1) = g(sn - s1);  R_P(2) = 1 + g(s1 - s2), R_N(2) = g(sn - s2)
 #   L = (1/2) [R_N(1) / R_A(1) + R_N(2) / R_A(2)],  R_A = R_P + R_N.
@@ -118,6 +164,7 @@ def test_smooth_ap_exact_increments_resolve_a_saturated_gradient():
     assert abs(float_fd - want) > 0.5 * want  # a float64 difference misses G entirely (here it is 0)
 
 
+
 # The cancellation floor must not hide a wrong weight. A slope off by 1e-4 (relative; above the fd
 # tolerance 1e-6, far above the 1e-12 of autograd and loop) on a plain batch; and on the
 # duplicated-positives batch, whose floor (the terms, 0.34) is far above its max|G| (1.7e-9), a
@@ -154,83 +201,7 @@ def test_smooth_ap_checks_catch_a_wrong_cross_term_under_the_floor(monkeypatch):
     assert {"autograd:G", "loop:G"} <= failed
 
 
-# ---------------------------------------------------------------------------------------------
-# PNP variant Ds, one query, positives at s1, s2 and negatives at n1, n2 (reference set):
-#   R(p) = g(n1 - s_p) + g(n2 - s_p), F = log(1 + R), F' = 1 / (1 + R), L = (F(R1) + F(R2)) / 2
-#   G_nk = (1/2) sum_p F'(R_p) g'(nk - s_p),   G_p = -(1/2) F'(R_p) (g'(n1 - s_p) + g'(n2 - s_p)).
 
-
-def test_pnp_two_by_two_hand_derived_ds():
-    a, s1, s2, n1, n2 = 0.05, 0.6, 0.3, 0.4, 0.2
-    g = lambda x: sigmoid(x / a)  # noqa: E731
-    gp = lambda x: sigmoid_slope(x, a)  # noqa: E731
-    R = [g(n1 - s) + g(n2 - s) for s in (s1, s2)]
-    dF = [1 / (1 + r) for r in R]
-    want_value = (math.log1p(R[0]) + math.log1p(R[1])) / 2
-    want = [
-        -0.5 * dF[0] * (gp(n1 - s1) + gp(n2 - s1)),
-        -0.5 * dF[1] * (gp(n1 - s2) + gp(n2 - s2)),
-        0.5 * (dF[0] * gp(n1 - s1) + dF[1] * gp(n1 - s2)),
-        0.5 * (dF[0] * gp(n2 - s1) + dF[1] * gp(n2 - s2)),
-    ]
-    r = gpwref.from_similarity("pnp", np.array([[s1, s2, n1, n2]]), np.array([0]), np.array([0, 0, 1, 1]), anneal=a, variant="Ds")
-    assert r.loss == pytest.approx(want_value, rel=1e-14)
-    np.testing.assert_allclose(r.grad_sim, [want], rtol=1e-13)
-
-
-def test_pnp_query_as_its_own_positive_and_the_clamp():
-    # include_query (PML): the query joins its positives with score 1. One query, positive at
-    # s_p = 0.5, negative at s_n = 0.25, anneal 1/16 and clamp 4: (s_n - s_p)/a = -4 is on the clamp
-    # (slope kept), (s_n - 1)/a = -12 is past it (sigmoid 1/(1 + e^4), slope 0). Variant O:
-    #   L = (R(p) + R(q)) / 2 = (sigmoid(-4) + 1/(1 + e^4)) / 2 = sigmoid(-4)
-    #   G_n = (1/2) sigmoid(-4) sigmoid(4) / a,  G_p = -G_n, and the query's constant score has none.
-    a = 0.0625
-    r = gpwref.from_similarity("pnp", np.array([[0.5, 0.25]]), np.array([0]), np.array([0, 1]), anneal=a,
-                               include_query=True, sigmoid_clamp=4.0)
-    assert r.loss == pytest.approx(sigmoid(-4.0), rel=1e-14)
-    w = 0.5 * sigmoid(-4.0) * sigmoid(4.0) / a
-    np.testing.assert_allclose(r.grad_sim, [[-w, w]], rtol=1e-13)
-
-
-def test_pnp_pml_ib_gradient_is_round_off_on_a_separated_batch():
-    # PML evaluates Ib as (b R - log(1 + b R)) / b^2, so autograd forms F'(R) = (1/b)(1 - 1/(1 + bR)),
-    # which is exactly 0 once b R < 2^-53. Two classes 1 radian apart: every x = s_n - s_p is about
-    # cos(1) - 1 = -0.46, inside the clamp (|x/a| = 46 < 50) and R ~ e^-46 ~ 1e-20. The exact weights
-    # (F' = R/(1 + bR) ~ R) are tiny but not 0; PML's dX is 0, and the refs module declares PML not
-    # applicable there rather than comparing round-off.
-    from pytorch_metric_learning.losses import PNPLoss
-
-    from verification.refs import pnp as ref
-
-    angles = np.array([0.0, 0.01, 1.0, 1.01])
-    X = np.stack([np.cos(angles), np.sin(angles)], axis=1)
-    y = np.array([0, 0, 1, 1])
-    Xt = torch.tensor(X, requires_grad=True)
-    PNPLoss(variant="Ib")(Xt, torch.as_tensor(y)).backward()
-    assert not Xt.grad.any()
-    ours = gpwref.compute("pnp", X, y, profile="pml", variant="Ib")
-    assert ours.grad_sim[0, 2] > 0 and ours.grad_sim[0, 1] < 0
-    with pytest.raises(NotApplicable):
-        ref.pml(Xt, y, None, None, None, True, variant="Ib", b=2.0, alpha=1.0, anneal=0.01, include_query=True, sigmoid_clamp=50.0)
-    # a batch with overlapping classes is compared as usual
-    ref._require_resolvable_ib_gradient(torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.95, 0.05], [0.0, 1.0]]), np.array([0, 0, 1, 1]), 2.0, 0.01)
-
-
-def test_pnp_checks_catch_a_wrong_penalty_slope(monkeypatch):
-    batch = make_batch(np.random.default_rng(5), m=(1, 9), d=(2, 5))
-    assert not check_case("pnp", "paper", {"variant": "Ds"}, batch, fd=False).failures()
-    exact = pnp_module.rank_penalty
-
-    def off_by_1e4(R, variant, b, alpha):
-        F, dF = exact(R, variant, b, alpha)
-        return F, dF * (1 + 1e-4)
-
-    monkeypatch.setattr(pnp_module, "rank_penalty", off_by_1e4)
-    failed = set(check_case("pnp", "paper", {"variant": "Ds"}, batch, fd=True).failures())
-    assert {"autograd:G", "loop:G", "fd:G"} <= failed
-
-
-# ---------------------------------------------------------------------------------------------
 # The real codes take no labels and need class-sorted, equal class groups, which drawn batches
 # rarely are: run every check (floors included) on such batches, so that PML's SmoothAPLoss (square
 # layouts) and the official rules are compared here, not only skipped.

@@ -1,0 +1,80 @@
+"""arcface: hand-derived batches, modelled conventions and bad input (drawn batches: tests/test_catalog.py)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import gpwref
+from verification.refs.proxy_anchor import pml_labels, proxy_batch
+
+from ._helpers import PROXY_PARAMS, sigmoid
+
+
+@pytest.mark.parametrize("loss", ["arcface"])
+def test_proxy_losses_need_the_proxies(loss):
+    with pytest.raises(gpwref.GpwrefError, match="proxies"):
+        gpwref.compute(loss, np.eye(3), np.array([0, 0, 1]))
+
+
+def test_arcface_hand_derived():
+    # c1 = cos 60 deg, margin 30 deg: psi = cos 90 deg = 0, psi' = sin(90)/sin(60) = 2/sqrt(3).
+    # s = 2, c2 = 1/4: z = (0, 1/2); G_0 = -2 (2/sqrt 3) sigma(1/2), G_1 = 2 sigma(1/2).
+    r = gpwref.from_similarity("arcface", np.array([[0.5, 0.25]]), np.array([0]), np.array([0, 1]), scale=2.0, margin=math.pi / 6)
+    assert r.loss == pytest.approx(math.log1p(math.exp(0.5)), rel=1e-14)
+    np.testing.assert_allclose(r.grad_sim, [[-4 / math.sqrt(3) * sigmoid(0.5), 2 * sigmoid(0.5)]], rtol=1e-14)
+
+
+def test_arcface_monotone_fix_keeps_the_gpw_sign():
+    # theta = 170 deg > pi - m (m = 0.5 rad = 28.6 deg). Bare formula: psi = cos(theta + m),
+    # psi' = sin(theta + m) / sin(theta) < 0 since theta + m > pi: the positive pair gets G > 0.
+    # With the fix psi = cos(theta) - m sin(m), psi' = 1: G < 0.
+    S = np.array([[math.cos(math.radians(170)), 0.0]])
+    fixed = gpwref.from_similarity("arcface", S, np.array([0]), np.array([0, 1]), scale=2.0, margin=0.5)
+    bare = gpwref.from_similarity("arcface", S, np.array([0]), np.array([0, 1]), scale=2.0, margin=0.5, monotone_fix=False)
+    assert fixed.grad_sim[0, 0] < 0 < bare.grad_sim[0, 0]
+    theta = math.radians(170)
+    z1_fixed = 2 * (math.cos(theta) - 0.5 * math.sin(0.5))
+    assert fixed.loss == pytest.approx(math.log1p(math.exp(-z1_fixed)), rel=1e-14)
+    z1_bare = 2 * math.cos(theta + 0.5)
+    want = -2 * math.sin(theta + 0.5) / math.sin(theta) * sigmoid(-z1_bare)
+    assert bare.grad_sim[0, 0] == pytest.approx(want, rel=1e-12)
+
+
+def test_arcface_refuses_theta_zero():
+    with pytest.raises(gpwref.GpwrefError, match="theta = 0"):
+        gpwref.from_similarity("arcface", np.array([[1.0, 0.0]]), np.array([0]), np.array([0, 1]))
+
+
+@pytest.mark.parametrize("loss", ["arcface"])
+@pytest.mark.parametrize("seed", range(6))
+def test_proxy_gradient_matches_pml_parameter_gradient(loss, seed):
+    import importlib
+
+    ref = importlib.import_module(f"verification.refs.{loss}")
+    per_class = 2 if loss == "soft_triple" else 1
+    b = proxy_batch(np.random.default_rng(seed), per_class=per_class)
+    ours = gpwref.compute(loss, b.embeddings, b.labels, profile="pml", ref=b.ref, ref_labels=b.ref_labels)
+    X = torch.tensor(b.embeddings, requires_grad=True)
+    R = torch.tensor(b.ref)
+    if loss == "soft_triple":
+        module, classes, order = ref.pml_module(R, b.ref_labels, la=20.0, gamma=0.1, margin=0.01)
+        y = torch.as_tensor([classes.index(int(c)) for c in b.labels])
+        module(X, y).backward()
+        grad_W = np.zeros_like(b.ref)
+        grad_W[order.numpy()] = module.fc.grad.numpy().T
+    else:
+        y = pml_labels(b.labels, R, b.ref_labels, None, True, every_sample_has_proxy=loss != "proxy_nca")
+        if loss == "proxy_anchor":
+            module, name = ref.pml_module(R, **PROXY_PARAMS[loss]), "proxies"
+        else:
+            module, name = ref.pml_module(R, **PROXY_PARAMS[loss])
+        module(X, y).backward()
+        grad = getattr(module, name).grad.numpy()
+        grad_W = grad if name == "proxies" else grad.T
+    scale = max(np.abs(grad_W).max(), 1e-300)
+    assert np.max(np.abs(ours.grad_ref - grad_W)) / scale < 1e-9
+    assert np.max(np.abs(ours.grad_emb - X.grad.numpy())) / max(np.abs(X.grad.numpy()).max(), 1e-300) < 1e-9
