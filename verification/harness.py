@@ -55,6 +55,8 @@ def loss_refs(loss: str) -> LossRefs:
 
 
 def check_case(loss: str, profile: str, hyper: dict, batch: Batch, *, fd: bool = True) -> CaseReport:
+    """Every check of the loss's ``REFS`` record on one case; ``fd=False`` skips finite differences.
+    With ``REFS.frozen_value`` FD is taken on it (detached factors frozen), else on gpwref's value."""
     entry = gpwref.get_entry(loss)
     refs = loss_refs(loss)
     report = CaseReport(loss, profile, dict(hyper), batch.cases)
