@@ -5,17 +5,41 @@
     gpwref profiles show NAME | diff A B     convention profiles as tables
     gpwref plot LOSS ...                     GPW weight plots (PNG)
     gpwref reproduce ...                     the CUB-200 / Omniglot training reproduction
+    gpwref docs-table [--check]              write (or check) docs/catalog.md from the catalog
+
+verify, reproduce and docs-table run the verification suite, installed as ``gpwref_verification``
+(the repository's ``verification/`` folder); the library itself never imports it.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import sys
+from pathlib import Path
+
+
+def _suite(module: str):
+    """``gpwref_verification.<module>``; from a source checkout that is not installed, the
+    ``verification/`` folder beside this package, registered under that name."""
+    try:
+        return importlib.import_module(f"gpwref_verification.{module}")
+    except ModuleNotFoundError as error:
+        source = Path(__file__).resolve().parent.parent / "verification"
+        if error.name != "gpwref_verification" or not (source / "__init__.py").is_file():
+            raise
+    spec = importlib.util.spec_from_file_location("gpwref_verification", source / "__init__.py",
+                                                  submodule_search_locations=[str(source)])
+    package = importlib.util.module_from_spec(spec)
+    sys.modules["gpwref_verification"] = package
+    spec.loader.exec_module(package)
+    return importlib.import_module(f"gpwref_verification.{module}")
 
 
 def _verify(argv: list[str]) -> int:
     try:
-        from verification.runner import main
+        main = _suite("runner").main
     except ImportError as error:  # torch or hypothesis missing
         print(f"gpwref verify needs the verification extras (pip install 'gpwref[verify]'): {error}", file=sys.stderr)
         return 2
@@ -56,12 +80,15 @@ def _plot(argv: list[str]) -> int:
 
 
 def _reproduce(argv: list[str]) -> int:
-    from verification.reproduce_cub200 import main
-
-    return main(argv)
+    return _suite("reproduce_cub200").main(argv)
 
 
-COMMANDS = {"verify": _verify, "list": _list, "profiles": _profiles, "plot": _plot, "reproduce": _reproduce}
+def _docs_table(argv: list[str]) -> int:
+    return _suite("docs_table").main(argv)
+
+
+COMMANDS = {"verify": _verify, "list": _list, "profiles": _profiles, "plot": _plot, "reproduce": _reproduce,
+            "docs-table": _docs_table}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import gpwref
-from gpwref import docs_table, plots
+from gpwref import plots
+from verification import docs_table
 
 pytest.importorskip("matplotlib")
 

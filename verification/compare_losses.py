@@ -45,7 +45,7 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
 
 def _value(text: str):
-    from verification.reproduce_cub200 import _value as parse
+    from .reproduce_cub200 import _value as parse
 
     return parse(text)
 
@@ -97,7 +97,7 @@ def _exclusion_reason(family: str) -> str:
 
 def raw_pixel_baseline(prepared) -> dict:
     """Recall@K of the test images' own pixels (the crop the network sees), no training."""
-    from verification.repro.metrics import retrieval_metrics
+    from .repro.metrics import retrieval_metrics
 
     dataset, labels = prepared.eval_views("test")
     pixels = np.stack([np.asarray(dataset[i][0]).ravel() for i in range(len(dataset))]).astype(np.float64)
@@ -225,8 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
 
-    from verification.repro import train
-    from verification.repro.config import resolve
+    from .repro import train
+    from .repro.config import resolve
 
     started = time.perf_counter()
     excluded: list[dict] = []

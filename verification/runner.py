@@ -17,7 +17,8 @@ import numpy as np
 
 import gpwref
 from gpwref.testing import make_batch
-from verification.harness import TOLERANCES, check_case, refs_module
+
+from .harness import TOLERANCES, check_case, loss_refs
 
 GROUPS = ("autograd", "fd", "loop", "real", "sign", "zeros", "raises")
 
@@ -50,9 +51,9 @@ def rows(losses=None, profiles=None, include_experimental=False):
 
 
 def draw(rng, knobs, entry, variant=None):
-    """One batch for this schedule slot; a refs module may supply ``draw_batch(rng, knobs, variant)``
+    """One batch for this schedule slot; a loss's ``REFS.draw_batch(rng, knobs, variant)`` draws it
     when the loss needs batches of its own shape (e.g. proxies with equal counts per class)."""
-    custom = getattr(refs_module(entry.name), "draw_batch", None)
+    custom = loss_refs(entry.name).draw_batch
     if custom is not None:
         return custom(rng, dict(knobs), dict(variant or {}))
     knobs = dict(knobs)

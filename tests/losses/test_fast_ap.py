@@ -128,7 +128,7 @@ def test_fast_ap_fd_check_skips_grid_crossings_and_still_fails_a_wrong_gradient(
     from types import SimpleNamespace
 
     from verification.refs import fast_ap as ref
-    from verification.refs._checks import frozen_fd_error
+    from verification.harness import frozen_fd_error
 
     y, yr = FAST_AP_KINK_LABELS
     pos, neg = yr[None, :] == y[:, None], yr[None, :] != y[:, None]
@@ -137,18 +137,18 @@ def test_fast_ap_fd_check_skips_grid_crossings_and_still_fails_a_wrong_gradient(
         params = {"num_bins": 10, "kink_slope": kink_slope}
         r = gpwref.from_similarity("fast_ap", S, y, yr, kink_slope=kink_slope)
         ours = SimpleNamespace(sim=S, grad_sim=r.grad_sim)
-        err, compared = frozen_fd_error(ref, "paper", params, ours, pos, neg)
+        err, compared = frozen_fd_error(ref.REFS, "paper", params, ours, pos, neg)
         assert compared == 4 and err < 1e-8  # every entry but the one on bin 5's centre
         # the regime is what protects the kink: without it the comparison at the kink fails
         cells = ref.grid_cells
         try:
             ref.grid_cells = lambda *args: ()
-            assert frozen_fd_error(ref, "paper", params, ours, pos, neg)[0] > 1e-5
+            assert frozen_fd_error(ref.REFS, "paper", params, ours, pos, neg)[0] > 1e-5
         finally:
             ref.grid_cells = cells
         # and a wrong weight away from the grid is still caught: 1% off on the positive at t = 3.125
         wrong = SimpleNamespace(sim=S, grad_sim=r.grad_sim * np.where(np.arange(5) == 3, 1.01, 1.0))
-        assert frozen_fd_error(ref, "paper", params, wrong, pos, neg)[0] > 1e-3
+        assert frozen_fd_error(ref.REFS, "paper", params, wrong, pos, neg)[0] > 1e-3
 
 
 

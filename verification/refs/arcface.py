@@ -7,9 +7,10 @@ import math
 import numpy as np
 import torch
 
-from verification.common import NotApplicable
-from verification.refs.normalized_softmax import loop_ce, torch_ce, unless_saturated
-from verification.refs.proxy_anchor import pml_labels
+from ..common import NotApplicable
+from .normalized_softmax import loop_ce, torch_ce, unless_saturated
+from .proxy_anchor import pml_labels
+from .contract import LossRefs
 
 
 def torch_loss(S, pos, neg, profile, *, scale, margin, monotone_fix):
@@ -66,4 +67,8 @@ def pml(X, labels, R, ref_labels, ref_self, normalize, *, scale, margin, monoton
     return unless_saturated(pml_module(R, scale=scale, margin=margin)[0](X, y))
 
 
-REAL = {"pml": {"pytorch-metric-learning": pml}}
+REFS = LossRefs(
+    torch_loss=torch_loss,
+    loop=loop,
+    real={"pml": {"pytorch-metric-learning": pml}},
+)

@@ -3,7 +3,7 @@
 Written from the formula (gpwref/losses/binomial_deviance.py docstring, catalog.md 2.4). There is
 no real implementation to compare with under the paper profile: pytorch-metric-learning has no
 binomial deviance loss, and the first MS author's code (DeepMetric-XW Binomial.py) follows other
-rules (self by value S < 1, anchors without negatives skipped), so ``REAL`` is empty.
+rules (self by value S < 1, anchors without negatives skipped), so ``REFS.real`` is empty.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import math
 
 import numpy as np
 import torch
+
+from .contract import LossRefs
 
 
 def torch_loss(S, pos, neg, profile, *, alpha, beta, lam):
@@ -52,4 +54,7 @@ def loop(S, pos, neg, profile, *, alpha, beta, lam):
     return total, G
 
 
-REAL: dict = {}
+REFS = LossRefs(
+    torch_loss=torch_loss,
+    loop=loop,
+)

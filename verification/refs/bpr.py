@@ -9,7 +9,8 @@ import math
 
 import torch
 
-from verification.refs.ranknet import loop_triples, pml_triplet, torch_triples
+from .ranknet import loop_triples, pml_triplet, torch_triples
+from .contract import LossRefs
 
 
 def torch_loss(S, pos, neg, profile, *, reduction):
@@ -36,4 +37,8 @@ def pml(X, labels, R, ref_labels, ref_self, normalize, *, reduction):
     return pml_triplet(X, labels, R, ref_labels, ref_self, normalize, scale=1.0, margin=0.0, smooth=True, reduction=reduction)
 
 
-REAL = {"paper": {"pytorch-metric-learning TripletMarginLoss(smooth_loss=True)": pml}}
+REFS = LossRefs(
+    torch_loss=torch_loss,
+    loop=loop,
+    real={"paper": {"pytorch-metric-learning TripletMarginLoss(smooth_loss=True)": pml}},
+)

@@ -2,20 +2,19 @@
 
 Written from the formulas (catalog.md 2.8) without calling gpwref's vectorised code. Circle loss's
 published gradient detaches its factors a_ij, so G is checked against finite differences of the
-value with the factors frozen (``frozen_value``; see verification/refs/_checks.py).
+value with the factors frozen (``frozen_value``; ``REFS.frozen_value``, checked by verification/harness.py).
 """
 
 from __future__ import annotations
 
 import math
-import sys
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from verification.common import NotApplicable, rules
-from verification.refs._checks import check_case_frozen
+from ..common import NotApplicable, rules
+from .contract import LossRefs
 
 
 def torch_loss(S, pos, neg, profile, *, m, gamma, reduction, detach_factors, softplus_threshold):
@@ -162,8 +161,9 @@ def fast_reid(X, labels, R, ref_labels, ref_self, normalize, *, m, gamma, reduct
     return F.softplus(torch.logsumexp(logit_pos, dim=1) + torch.logsumexp(logit_neg, dim=1)).mean()
 
 
-REAL = {"pml": {"pytorch-metric-learning": pml}, "paper": {"fast-reid pairwise_circleloss rules": fast_reid}}
-
-
-def check_case(profile, hyper, batch, *, fd=True):
-    return check_case_frozen("circle", sys.modules[__name__], profile, hyper, batch, fd=fd)
+REFS = LossRefs(
+    torch_loss=torch_loss,
+    loop=loop,
+    real={"pml": {"pytorch-metric-learning": pml}, "paper": {"fast-reid pairwise_circleloss rules": fast_reid}},
+    frozen_value=frozen_value,
+)

@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from gpwref.losses.contrastive import DUPLICATE_SQ_DISTANCE
-from verification.common import NotApplicable, rules
+from ..common import NotApplicable, rules
+from .contract import LossRefs
 
 
 def torch_unit_distance(S: torch.Tensor) -> torch.Tensor:
@@ -153,4 +154,8 @@ def refuse_cdist_matmul_on_duplicates(X, R) -> None:
         raise NotApplicable("torch.cdist uses its matmul formula above 25 rows and gives ~1e-8, not 0, for duplicated rows")
 
 
-REAL = {"pml": {"pytorch-metric-learning": pml}}
+REFS = LossRefs(
+    torch_loss=torch_loss,
+    loop=loop,
+    real={"pml": {"pytorch-metric-learning": pml}},
+)

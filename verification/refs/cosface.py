@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from verification.refs.normalized_softmax import loop_ce, torch_ce, unless_saturated
-from verification.refs.proxy_anchor import pml_labels
+from .normalized_softmax import loop_ce, torch_ce, unless_saturated
+from .proxy_anchor import pml_labels
+from .contract import LossRefs
 
 
 def torch_loss(S, pos, neg, profile, *, scale, margin):
@@ -30,4 +31,8 @@ def pml(X, labels, R, ref_labels, ref_self, normalize, *, scale, margin):
     return unless_saturated(pml_module(R, scale=scale, margin=margin)[0](X, y))
 
 
-REAL = {"pml": {"pytorch-metric-learning": pml}}
+REFS = LossRefs(
+    torch_loss=torch_loss,
+    loop=loop,
+    real={"pml": {"pytorch-metric-learning": pml}},
+)

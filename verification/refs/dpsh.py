@@ -10,7 +10,8 @@ import math
 import numpy as np
 import torch
 
-from verification.common import NotApplicable
+from ..common import NotApplicable
+from .contract import LossRefs
 
 
 def torch_loss(S, pos, neg, profile, *, reduction):
@@ -62,4 +63,8 @@ def released_code(X, labels, R, ref_labels, ref_self, normalize, *, reduction):
     return -logloss
 
 
-REAL = {"paper": {"DPSH-pytorch code rules": released_code}}
+REFS = LossRefs(
+    torch_loss=torch_loss,
+    loop=loop,
+    real={"paper": {"DPSH-pytorch code rules": released_code}},
+)

@@ -6,7 +6,7 @@ of the bin grid t = d B / 4 in Z (a triangle's peak or feet; t = 0 and t = B als
 off-grid mass). The slope jump there is G's second difference across three neighbouring bins and
 can be arbitrarily small, so the generic harness's kink detector (a jump of G above 1e-3 max|G|)
 misses some kinks whose half-jump is still far above the fd tolerance (1e-6). The checks therefore
-run through verification/refs/_checks.py with the regime = the grid cell floor(t) of every used
+run through verification/harness.py's frozen-value FD with the regime = the grid cell floor(t) of every used
 pair, computed here from the distances: a central difference that crosses or starts on a grid point
 is a kink and is skipped, every other entry is compared. Nothing is detached (``frozen_value``
 ignores its frozen argument). G exactly on a grid point follows ``kink_slope`` and is checked by
@@ -16,13 +16,12 @@ autograd, the loop and the real codes (see ``gpwref/losses/fast_ap.py``).
 from __future__ import annotations
 
 import math
-import sys
 
 import numpy as np
 import torch
 
-from verification.common import NotApplicable
-from verification.refs._checks import check_case_frozen
+from ..common import NotApplicable
+from .contract import LossRefs
 
 
 def _kernel(d, num_bins, kink_slope):
@@ -133,13 +132,6 @@ def frozen_value(S_eval, S_frozen, pos, neg, profile, *, num_bins, kink_slope):
         value = torch_loss(torch.from_numpy(np.asarray(S_eval, dtype=np.float64)), torch.as_tensor(pos), torch.as_tensor(neg),
                            profile, num_bins=num_bins, kink_slope=kink_slope)
     return float(value), grid_cells(S_eval, pos, neg, num_bins)
-
-
-def check_case(profile, hyper, batch, *, fd=True):
-    return check_case_frozen("fast_ap", sys.modules[__name__], profile, hyper, batch, fd=fd)
-
-
-VERIFIED_AGAINST = ("autograd", "fd (steps that cross the bin grid skipped)", "loop")
 
 
 def pml(X, labels, R, ref_labels, ref_self, normalize, *, num_bins, kink_slope):
@@ -280,4 +272,10 @@ def official(X, labels, R, ref_labels, ref_self, normalize, *, num_bins, kink_sl
     return _unless_flat(_OfficialFastAP.apply(U, y, num_bins, 2.0 / n_alive if rescale is None else rescale))
 
 
-REAL = {"pml": {"pytorch-metric-learning": pml}, "paper": {"official FastAP rules": official}}
+REFS = LossRefs(
+    torch_loss=torch_loss,
+    loop=loop,
+    real={"pml": {"pytorch-metric-learning": pml}, "paper": {"official FastAP rules": official}},
+    verified_against=("autograd", "fd (steps that cross the bin grid skipped)", "loop"),
+    frozen_value=frozen_value,
+)

@@ -13,13 +13,8 @@ import numpy as np
 import torch
 
 from gpwref.losses.histogram import AT_ONE, RANGE_SLACK
-from verification.common import NotApplicable
-
-# L = sum_r h-(r) Phi+(r) is a probability in [0, 1] (both histograms sum to 1): its round-off is
-# absolute, ~n_bins 2^-53, whatever L is. When every positive sits above every negative up to one
-# ulp (a duplicate at S = 1 - 2^-53 puts ~1e-16 of a positive's mass on a lower node) L is ~1e-17,
-# and two correct evaluations can give 0 and 5e-17: compared against the scale 1, not against L.
-VALUE_SCALE = 1.0
+from ..common import NotApplicable
+from .contract import LossRefs
 
 
 def _entering(pos, neg, pair_rule: str, ref_is_batch: bool):
@@ -193,4 +188,11 @@ def pml(X, labels, R, ref_labels, ref_self, normalize, *, n_bins, pair_rule, nod
     return HistogramLoss(n_bins=n_bins, distance=distance)(X, torch.as_tensor(labels))
 
 
-REAL = {"pml": {"pytorch-metric-learning": pml}}
+REFS = LossRefs(
+    torch_loss=torch_loss,
+    loop=loop,
+    real={"pml": {"pytorch-metric-learning": pml}},
+    # L is a probability in [0, 1] with absolute round-off ~n_bins 2^-53 (and may be ~1e-17):
+    # its value checks use the scale 1 as floor
+    value_scale=1.0,
+)

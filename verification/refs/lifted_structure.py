@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from gpwref.losses.lifted_structure import DUPLICATE_GAP
-from verification.common import NotApplicable, rules
+from ..common import NotApplicable, rules
+from .contract import LossRefs
 
 
 def _for_form(value, form):
@@ -153,4 +154,8 @@ def pml(X, labels, R, ref_labels, ref_self, normalize, *, form, distance, pos_ma
     return cls(neg_margin=nm, pos_margin=pm, distance=dist)(X, torch.as_tensor(labels))
 
 
-REAL = {"pml": {"pytorch-metric-learning": pml}}
+REFS = LossRefs(
+    torch_loss=torch_loss,
+    loop=loop,
+    real={"pml": {"pytorch-metric-learning": pml}},
+)

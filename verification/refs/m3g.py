@@ -1,7 +1,7 @@
-"""Checks of the multi-marginal matching gap (M3G), which brings its own ``check_case``.
+"""Checks of the multi-marginal matching gap (M3G), run by its own driver (``check_views``).
 
 M3G is not a loss of (S, labels) of a drawn batch: it needs k views of the same n items. From a
-drawn batch ``check_case`` builds view 1 = the batch's rows, views 2 and 3 = the rows plus noise
+drawn batch ``check_views`` builds view 1 = the batch's rows, views 2 and 3 = the rows plus noise
 (drawn from a generator seeded by the rows, so a case is reproducible; a tied batch keeps its
 views tied), item ids 0..m-1, and runs:
 
@@ -39,9 +39,10 @@ import torch
 import gpwref
 from gpwref.losses.m3g import matching_gap
 from gpwref.testing import Batch
-from verification.common import rel_err
-from verification.harness import FD_STEP, CaseReport
-from verification.torch_pairs import similarity
+from ..common import rel_err
+from ..harness import FD_STEP, CaseReport
+from ..torch_pairs import similarity
+from .contract import LossRefs
 
 UNROLL_PASSES = 1000
 WARM_PASSES = 10
@@ -140,9 +141,8 @@ def _views(batch: Batch, count: int) -> list[np.ndarray]:
     return views
 
 
-def check_case(profile: str, hyper: dict, batch: Batch, *, fd: bool = True) -> CaseReport:
-    report = CaseReport("m3g", profile, dict(hyper), batch.cases)
-    params = gpwref.catalog.resolve_hyper(gpwref.get_entry("m3g"), profile, hyper)
+def check_views(report: CaseReport, profile: str, hyper: dict, params: dict, batch: Batch, fd: bool) -> None:
+    """The driver: builds the views from the drawn batch and runs every check into ``report``."""
     eps, tol = params["eps"], params["tol"]
     A, B, C = _views(batch, 3)
     m = A.shape[0]
@@ -151,7 +151,7 @@ def check_case(profile: str, hyper: dict, batch: Batch, *, fd: bool = True) -> C
         ours = gpwref.compute("m3g", A, ids, ref=B, ref_labels=ids, normalize=batch.normalize, **hyper)
     except gpwref.GpwrefError as error:
         report.skipped["gpwref"] = str(error)
-        return report
+        return
 
     # Floors. G = -2 (I/n - P) is a difference of quantities of size 1/n: its natural scale is 2/n,
     # and near-permutation couplings make the exact G ~ 0 with round-off of that scale times 2^-53
@@ -203,7 +203,6 @@ def check_case(profile: str, hyper: dict, batch: Batch, *, fd: bool = True) -> C
     report.errors["zeros"] = max(float(np.max(np.abs(G[~used]), initial=0.0)), float(np.any(ours.pos_used != diagonal)))
 
     _check_three_views(report, [A, B, C], batch.normalize, eps, tol, params["max_iter"], fd)
-    return report
 
 
 def _fd_floor(value_scale: float, tol: float) -> float:
@@ -255,7 +254,7 @@ def _check_three_views(report, views, normalize, eps, tol, max_iter, fd) -> None
         value.backward()
         report.errors["autograd:k3 value"] = rel_err(ours.loss, value.item(), 1.0)
         # floor: the size of dM3G/dview before the normalisation's projection (as the harness's dX floor)
-        # floor: each view meets two others, each with G of scale 2/n per pair (see check_case)
+        # floor: each view meets two others, each with G of scale 2/n per pair (see check_views)
         norms = [np.linalg.norm(v, axis=1) if normalize else np.ones(m) for v in views]
         floor = 2 * 2.0 * 2.0 * max(float(np.max(np.abs(v))) for v in views) / min(float(np.min(r)) for r in norms)
         report.errors["autograd:k3 dviews"] = max(rel_err(g, t.grad.numpy(), floor) for g, t in zip(ours.grad_views, leaves))
@@ -282,9 +281,12 @@ def _check_three_views(report, views, normalize, eps, tol, max_iter, fd) -> None
         report.errors["fd:k3 dviews"] = worst
 
 
-VERIFIED_AGAINST = (
-    "autograd through unrolled Sinkhorn (k=2, k=3)",
-    "loop (plain Sinkhorn)",
-    "duality certificate",
-    "fd",
+REFS = LossRefs(
+    driver=check_views,
+    verified_against=(
+        "autograd through unrolled Sinkhorn (k=2, k=3)",
+        "loop (plain Sinkhorn)",
+        "duality certificate",
+        "fd",
+    ),
 )

@@ -1,24 +1,22 @@
 """Second opinions on margin loss: torch formulation (explicit triplets), plain loop, real code.
 
 Written from the formulas (catalog.md 2.9, section 3 item 11) without calling gpwref's vectorised
-code. Per-class betas need the anchors' labels (``NEEDS_LABELS``); dL/dbeta is checked by autograd
-with beta as a leaf (``torch_extras``). Checks run through verification/refs/_checks.py (nothing is
-detached; the regime is the set of active hinges).
+code. Per-class betas need the anchors' labels (``needs_labels``); dL/dbeta is checked by autograd
+with beta as a leaf (``torch_extras``). Checks run through verification/harness.py's frozen-value
+path (nothing is detached; the regime is the set of active hinges).
 """
 
 from __future__ import annotations
 
 import math
-import sys
 from typing import Mapping
 
 import numpy as np
 import torch
 
-from verification.common import NotApplicable
-from verification.refs._checks import check_case_frozen
+from ..common import NotApplicable
+from .contract import LossRefs
 
-NEEDS_LABELS = True
 DUPLICATE = 1e-12  # 2 - 2S at or below this is a duplicated pair (d2 = 0, no slope): gpwref's rule
 
 
@@ -182,8 +180,13 @@ def pml(X, labels, R, ref_labels, ref_self, normalize, *, margin, beta, nu, pair
     return loss_fn(X, y, None, R, yr)
 
 
-REAL = {"pml": {"pytorch-metric-learning": pml}}
-
-
-def check_case(profile, hyper, batch, *, fd=True):
-    return check_case_frozen("margin", sys.modules[__name__], profile, hyper, batch, fd=fd)
+REFS = LossRefs(
+    torch_loss=torch_loss,
+    loop=loop,
+    real={"pml": {"pytorch-metric-learning": pml}},
+    needs_labels=True,
+    frozen_value=frozen_value,
+    fd_skip=fd_skip,
+    scales=scales,
+    torch_extras=torch_extras,
+)

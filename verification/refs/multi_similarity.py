@@ -11,7 +11,8 @@ import math
 import numpy as np
 import torch
 
-from verification.common import NotApplicable, rules
+from ..common import NotApplicable, rules
+from .contract import LossRefs
 
 
 def torch_loss(S: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, profile: str, *, alpha, beta, lam, eps) -> torch.Tensor:
@@ -137,4 +138,8 @@ def official(X, labels, R, ref_labels, ref_self, normalize, *, alpha, beta, lam,
     return sum(terms) / sim.shape[0]
 
 
-REAL = {"pml": {"pytorch-metric-learning": pml}, "official": {"official-code rules": official}}
+REFS = LossRefs(
+    torch_loss=torch_loss,
+    loop=loop,
+    real={"pml": {"pytorch-metric-learning": pml}, "official": {"official-code rules": official}},
+)

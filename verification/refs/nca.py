@@ -2,19 +2,18 @@
 
 Written from the formulas (catalog.md 2.19) without calling gpwref's vectorised code. The "log"
 weights p - p/q are a difference of O(2s/M) terms, so checks run through
-verification/refs/_checks.py with those term sizes as floors (nothing is detached).
+verification/harness.py's frozen-value path with those term sizes as floors (nothing is detached).
 """
 
 from __future__ import annotations
 
 import math
-import sys
 
 import numpy as np
 import torch
 
-from verification.common import NotApplicable
-from verification.refs._checks import check_case_frozen
+from ..common import NotApplicable
+from .contract import LossRefs
 
 
 def torch_loss(S, pos, neg, profile, *, softmax_scale, objective, zero_if_single_row):
@@ -118,8 +117,10 @@ def pml(X, labels, R, ref_labels, ref_self, normalize, *, softmax_scale, objecti
     return value
 
 
-REAL = {"pml": {"pytorch-metric-learning": pml}}
-
-
-def check_case(profile, hyper, batch, *, fd=True):
-    return check_case_frozen("nca", sys.modules[__name__], profile, hyper, batch, fd=fd)
+REFS = LossRefs(
+    torch_loss=torch_loss,
+    loop=loop,
+    real={"pml": {"pytorch-metric-learning": pml}},
+    frozen_value=frozen_value,
+    scales=scales,
+)

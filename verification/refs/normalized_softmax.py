@@ -8,8 +8,9 @@ import math
 import numpy as np
 import torch
 
-from verification.common import NotApplicable
-from verification.refs.proxy_anchor import pml_labels
+from ..common import NotApplicable
+from .proxy_anchor import pml_labels
+from .contract import LossRefs
 
 
 def torch_ce(z: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, include_positive: bool = True) -> torch.Tensor:
@@ -95,4 +96,8 @@ def pml(X, labels, R, ref_labels, ref_self, normalize, *, temperature):
     return unless_saturated(pml_module(R, temperature=temperature)[0](X, y))
 
 
-REAL = {"pml": {"pytorch-metric-learning": pml}}
+REFS = LossRefs(
+    torch_loss=torch_loss,
+    loop=loop,
+    real={"pml": {"pytorch-metric-learning": pml}},
+)

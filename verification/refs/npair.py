@@ -11,6 +11,8 @@ import math
 import numpy as np
 import torch
 
+from .contract import LossRefs
+
 
 def _chosen(pos, labels) -> list[tuple[int, int]]:
     """Per label, in increasing label order: (first anchor with a positive, its first positive)."""
@@ -82,4 +84,8 @@ def pml(X, labels, R, ref_labels, ref_self, normalize):
     return NPairsLoss(distance=distance)(X, y, ref_emb=R, ref_labels=torch.as_tensor(ref_labels))
 
 
-REAL = {"pml": {"pytorch-metric-learning": pml}}
+REFS = LossRefs(
+    torch_loss=torch_loss,
+    loop=loop,
+    real={"pml": {"pytorch-metric-learning": pml}},
+)

@@ -2,20 +2,19 @@
 
 Written from the formulas (catalog.md 2.10, section 3 item 16) without calling gpwref's vectorised
 code. The weights 1 - pi and |P_i| pi - 1 are differences of O(1/(K tau)) terms, so the checks run
-through verification/refs/_checks.py's runner with those term sizes as floors (``scales``);
+through verification/harness.py's frozen-value path with those term sizes as floors (``scales``);
 nothing is detached here (``frozen_value`` ignores its frozen argument).
 """
 
 from __future__ import annotations
 
 import math
-import sys
 
 import numpy as np
 import torch
 
-from verification.common import NotApplicable, rules
-from verification.refs._checks import check_case_frozen
+from ..common import NotApplicable, rules
+from .contract import LossRefs
 
 
 def _alive(pos, neg, profile, require_both_kinds):
@@ -108,8 +107,10 @@ def pml(X, labels, R, ref_labels, ref_self, normalize, *, temperature, denominat
     return NTXentLoss(temperature=temperature)(X, y, None, R, yr)
 
 
-REAL = {"pml": {"pytorch-metric-learning": pml}}
-
-
-def check_case(profile, hyper, batch, *, fd=True):
-    return check_case_frozen("ntxent", sys.modules[__name__], profile, hyper, batch, fd=fd)
+REFS = LossRefs(
+    torch_loss=torch_loss,
+    loop=loop,
+    real={"pml": {"pytorch-metric-learning": pml}},
+    frozen_value=frozen_value,
+    scales=scales,
+)

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from verification.refs.ranknet import loop_triples, pml_triplet, torch_triples
+from .ranknet import loop_triples, pml_triplet, torch_triples
+from .contract import LossRefs
 
 
 def torch_loss(S, pos, neg, profile, *, margin, reduction):
@@ -24,7 +25,11 @@ def pml(X, labels, R, ref_labels, ref_self, normalize, *, margin, reduction):
     return pml_triplet(X, labels, R, ref_labels, ref_self, normalize, scale=1.0, margin=margin, smooth=False, reduction=reduction)
 
 
-REAL = {
-    "pml": {"pytorch-metric-learning TripletMarginLoss": pml},
-    "paper": {"pytorch-metric-learning TripletMarginLoss": pml},
-}
+REFS = LossRefs(
+    torch_loss=torch_loss,
+    loop=loop,
+    real={
+        "pml": {"pytorch-metric-learning TripletMarginLoss": pml},
+        "paper": {"pytorch-metric-learning TripletMarginLoss": pml},
+    },
+)

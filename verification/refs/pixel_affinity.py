@@ -12,7 +12,8 @@ import math
 import numpy as np
 import torch
 
-from verification.common import NotApplicable
+from ..common import NotApplicable
+from .contract import LossRefs
 
 
 def _grid(m: int, width):
@@ -104,4 +105,8 @@ def boxsnake_code(X, labels, R, ref_labels, ref_self, normalize, *, width, kerne
     return (pairwise * weights).sum() / weights.sum().clamp(min=1.0)
 
 
-REAL = {"paper": {"BoxSnake code (v2, BoxInst form)": boxsnake_code}}
+REFS = LossRefs(
+    torch_loss=torch_loss,
+    loop=loop,
+    real={"paper": {"BoxSnake code (v2, BoxInst form)": boxsnake_code}},
+)

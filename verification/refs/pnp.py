@@ -1,6 +1,6 @@
 r"""Second opinions on PNP: torch formulation, plain loop, PML PNPLoss.
 
-Checked with ``verification/refs/_checks.py: check_case_frozen`` (nothing is detached; no floor:
+Checked by verification/harness.py's frozen-value path (nothing is detached; no floor:
 each weight is a sum of terms of one sign, G_in = (1/N'|P|) sum_p F'(R_p) s'_np >= 0 and
 G_ip = -(1/N'|P|) F'(R_p) sum_n s'_np <= 0, and the value a sum of F(R) >= 0, so nothing cancels).
 What the failing cases showed:
@@ -27,15 +27,14 @@ from __future__ import annotations
 
 import functools
 import math
-import sys
 
 import mpmath
 import numpy as np
 import torch
 
-from verification.common import NotApplicable
-from verification.refs._checks import check_case_frozen
-from verification.refs.smooth_ap import _sigmoid, with_query
+from ..common import NotApplicable
+from .smooth_ap import _sigmoid, with_query
+from .contract import LossRefs
 
 
 def _x_minus_log1p_torch(x):
@@ -176,10 +175,6 @@ def frozen_value(S_eval, S_frozen, pos, neg, profile, *, variant, b, alpha, anne
     return (float(total / alive) if alive else 0.0), tuple(regime)
 
 
-def check_case(profile, hyper, batch, *, fd=True):
-    return check_case_frozen("pnp", sys.modules[__name__], profile, hyper, batch, fd=fd)
-
-
 def _require_resolvable_ib_gradient(X, labels, b, anneal):
     """NotApplicable where PML's own round-off swamps its Ib gradient (module docstring).
 
@@ -228,4 +223,9 @@ def pml(X, labels, R, ref_labels, ref_self, normalize, *, variant, b, alpha, ann
     return PNPLoss(b=b, alpha=alpha, anneal=anneal, variant=variant)(X, torch.as_tensor(labels))
 
 
-REAL = {"pml": {"pytorch-metric-learning": pml}}
+REFS = LossRefs(
+    torch_loss=torch_loss,
+    loop=loop,
+    real={"pml": {"pytorch-metric-learning": pml}},
+    frozen_value=frozen_value,
+)

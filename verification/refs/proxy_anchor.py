@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from gpwref.testing import Batch, make_batch
-from verification.common import NotApplicable
+from ..common import NotApplicable
+from .contract import LossRefs
 
 
 def proxy_batch(rng: np.random.Generator, *, m=(1, 10), d=(2, 5), per_class=1, extra_classes=(0, 3), missing=False, **knobs) -> Batch:
@@ -101,4 +102,8 @@ def pml(X, labels, R, ref_labels, ref_self, normalize, *, alpha, margin):
     return pml_module(R, alpha=alpha, margin=margin)(X, y)
 
 
-REAL = {"pml": {"pytorch-metric-learning": pml}}
+REFS = LossRefs(
+    torch_loss=torch_loss,
+    loop=loop,
+    real={"pml": {"pytorch-metric-learning": pml}},
+)

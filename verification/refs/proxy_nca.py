@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from verification.common import NotApplicable
-from verification.refs.normalized_softmax import loop_ce, torch_ce, unless_saturated
-from verification.refs.proxy_anchor import pml_labels
+from ..common import NotApplicable
+from .normalized_softmax import loop_ce, torch_ce, unless_saturated
+from .proxy_anchor import pml_labels
+from .contract import LossRefs
 
 
 def torch_loss(S, pos, neg, profile, *, scale, include_positive):
@@ -57,4 +58,8 @@ def rdml(X, labels, R, ref_labels, ref_self, normalize, *, scale, include_positi
     return torch.stack(terms).mean()
 
 
-REAL = {"pml": {"pytorch-metric-learning": pml}, "paper": {"RDML rules": rdml}}
+REFS = LossRefs(
+    torch_loss=torch_loss,
+    loop=loop,
+    real={"pml": {"pytorch-metric-learning": pml}, "paper": {"RDML rules": rdml}},
+)

@@ -1,20 +1,19 @@
 """Second opinions on the ranked list loss: torch formulation, plain loop, real code.
 
 Written from the formulas (catalog.md 2.14, section 3 item 20) without calling gpwref's vectorised
-code. Checks run through verification/refs/_checks.py: nothing is detached, the regime is the
+code. Checks run through verification/harness.py's frozen-value path: nothing is detached, the regime is the
 membership of P* and N*, and ``fd_skip`` avoids sqrt's singular slope at d = 0.
 """
 
 from __future__ import annotations
 
 import math
-import sys
 
 import numpy as np
 import torch
 
-from verification.common import NotApplicable
-from verification.refs._checks import check_case_frozen
+from ..common import NotApplicable
+from .contract import LossRefs
 
 DUPLICATE = 1e-12  # 2 - 2S at or below this: d = 0 with no slope (gpwref's duplicate rule)
 
@@ -113,8 +112,10 @@ def pml(X, labels, R, ref_labels, ref_self, normalize, *, margin, alpha, Tp, Tn,
     return RankedListLoss(margin=margin, Tn=Tn, imbalance=imbalance, alpha=alpha, Tp=Tp)(X, torch.as_tensor(labels))
 
 
-REAL = {"pml": {"pytorch-metric-learning": pml}}
-
-
-def check_case(profile, hyper, batch, *, fd=True):
-    return check_case_frozen("ranked_list", sys.modules[__name__], profile, hyper, batch, fd=fd)
+REFS = LossRefs(
+    torch_loss=torch_loss,
+    loop=loop,
+    real={"pml": {"pytorch-metric-learning": pml}},
+    frozen_value=frozen_value,
+    fd_skip=fd_skip,
+)

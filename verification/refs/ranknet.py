@@ -10,7 +10,8 @@ import math
 import numpy as np
 import torch
 
-from verification.common import NotApplicable
+from ..common import NotApplicable
+from .contract import LossRefs
 
 
 def torch_triples(S: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, term, reduction: str) -> torch.Tensor:
@@ -97,7 +98,11 @@ def pml(X, labels, R, ref_labels, ref_self, normalize, *, sigma, reduction):
     return pml_triplet(X, labels, R, ref_labels, ref_self, normalize, scale=sigma, margin=0.0, smooth=True, reduction=reduction)
 
 
-REAL = {
-    "pml": {"pytorch-metric-learning TripletMarginLoss(smooth_loss=True)": pml},
-    "paper": {"pytorch-metric-learning TripletMarginLoss(smooth_loss=True)": pml},
-}
+REFS = LossRefs(
+    torch_loss=torch_loss,
+    loop=loop,
+    real={
+        "pml": {"pytorch-metric-learning TripletMarginLoss(smooth_loss=True)": pml},
+        "paper": {"pytorch-metric-learning TripletMarginLoss(smooth_loss=True)": pml},
+    },
+)

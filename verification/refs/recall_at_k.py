@@ -1,7 +1,7 @@
 """Second opinions on RS@k (+ SiMix): torch formulation, plain loop, the official code's rules.
 
 Written from the formulas (catalog.md 2.17, section 3 items 14-15) without calling gpwref's code.
-The loss is checked by ``check_case_frozen`` (``verification/refs/_checks.py``), because two things of
+The loss is checked by verification/harness.py's frozen-value path, because two things of
 this loss are beyond the generic harness:
 
 * cancellation. A positive's weight is the difference of two sums of slopes,
@@ -21,16 +21,15 @@ this loss are beyond the generic harness:
 from __future__ import annotations
 
 import math
-import sys
 
 import numpy as np
 import torch
 
-from verification import harness
-from verification.common import NotApplicable
+from .. import harness
+from ..common import NotApplicable
 from gpwref.testing import Batch
-from verification.refs._checks import check_case_frozen
-from verification.refs.smooth_ap import _sigmoid, class_groups, grouped_batch  # noqa: F401 (grouped_batch: a batch kind)
+from .smooth_ap import _sigmoid, class_groups, grouped_batch  # noqa: F401 (grouped_batch: a batch kind)
+from .contract import LossRefs
 
 
 def simix_batch(rng: np.random.Generator) -> Batch:
@@ -310,7 +309,7 @@ def frozen_value(S_eval, S_frozen, pos, neg, profile, **params):
 
 
 def fd_roundoff(params, ours, pos, neg, floors, h=harness.FD_STEP):
-    """FD's own round-off, subtracted from each entry's error by ``check_case_frozen``, as the harness
+    """FD's own round-off, subtracted from each entry's error by ``harness.frozen_fd_error``, as the harness
     does (``verification.harness.fd_error``): 8 eps / h times the size of what the value is computed
     from, the value's terms plus its sensitivity to the rounding of the scores, sum_qj sizes_qj |s|max
     (a score rounded by eps |s| moves l_q by at most sizes_qj eps |s|), |s|max the largest |T|.
@@ -321,12 +320,6 @@ def fd_roundoff(params, ours, pos, neg, floors, h=harness.FD_STEP):
     score_scale = max(1.0, float(np.max(np.abs(T), initial=0.0)))
     sizes = sum(float(np.sum(size)) for *_, size, _, _ in queries) / max(n_alive, 1)
     return 8 * 2.0**-52 * (floors["value"] + sizes * score_scale) / h
-
-
-def check_case(profile, hyper, batch, *, fd=True):
-    """``check_case_frozen`` with floors from ``scales``, regimes from ``frozen_value`` (clamp sides,
-    cap states: a step that switches one is a kink) and FD round-off from ``fd_roundoff``."""
-    return check_case_frozen("recall_at_k", sys.modules[__name__], profile, hyper, batch, fd=fd)
 
 
 def _official_mix(U, spc, a):
@@ -382,4 +375,11 @@ def official(X, labels, R, ref_labels, ref_self, normalize, *, k_values, tau1, t
     return total
 
 
-REAL = {"paper": {"official RS@k rules": official}}
+REFS = LossRefs(
+    torch_loss=torch_loss,
+    loop=loop,
+    real={"paper": {"official RS@k rules": official}},
+    frozen_value=frozen_value,
+    scales=scales,
+    fd_roundoff=fd_roundoff,
+)

@@ -1,6 +1,6 @@
 r"""Second opinions on Smooth-AP: torch formulation, plain loop, PML SmoothAPLoss, the official rules.
 
-Checked with ``verification/refs/_checks.py: check_case_frozen`` (nothing is detached: ``frozen_value``
+Checked by verification/harness.py's frozen-value path (nothing is detached: ``frozen_value``
 ignores its frozen argument but the base point), because two of the generic harness's comparisons
 measure round-off against the wrong scale. What the failing cases showed, entry by entry:
 
@@ -43,15 +43,14 @@ from __future__ import annotations
 
 import functools
 import math
-import sys
 
 import mpmath
 import numpy as np
 import torch
 
 from gpwref.testing import Batch
-from verification.common import NotApplicable
-from verification.refs._checks import check_case_frozen
+from ..common import NotApplicable
+from .contract import LossRefs
 
 
 def _sigmoid(x, temperature, clamp):
@@ -236,10 +235,6 @@ def frozen_value(S_eval, S_frozen, pos, neg, profile, *, temperature, include_qu
     return (float(total / alive) if alive else 0.0), tuple(regime)
 
 
-def check_case(profile, hyper, batch, *, fd=True):
-    return check_case_frozen("smooth_ap", sys.modules[__name__], profile, hyper, batch, fd=fd)
-
-
 def grouped_batch(rng: np.random.Generator, *, square: bool | None = None, d=(2, 5)) -> Batch:
     """A class-sorted batch of equal contiguous groups (what the label-free codes need); ``square``:
     as many samples per class as classes (the only layout PML 2.9's Smooth-AP groups correctly)."""
@@ -327,4 +322,10 @@ def official(X, labels, R, ref_labels, ref_self, normalize, *, temperature, incl
     return 1 - ap
 
 
-REAL = {"pml": {"pytorch-metric-learning": pml}, "paper": {"official Smooth-AP rules": official}}
+REFS = LossRefs(
+    torch_loss=torch_loss,
+    loop=loop,
+    real={"pml": {"pytorch-metric-learning": pml}, "paper": {"official Smooth-AP rules": official}},
+    frozen_value=frozen_value,
+    scales=scales,
+)

@@ -1,8 +1,8 @@
-"""Second opinions on the SNR contrastive loss, with its own ``check_case``.
+"""Second opinions on the SNR contrastive loss, run by its own driver (``check_embeddings``).
 
 The loss is not a function of (S, labels): its SNR distance uses every row's coordinate mean
 (gpwref/losses/snr_contrastive.py says why), so the harness's S-based checks cannot run. This
-module checks, with the harness's tolerances:
+module's driver checks, with the harness's tolerances:
 
 * ``autograd``: value, dL/dX and dL/dX_ref against torch autograd on an independent formulation
   with ``torch.var`` (unbiased), and G (the weight on S with means and norms held fixed) against
@@ -10,22 +10,21 @@ module checks, with the harness's tolerances:
 * ``fd``: dL/dX (and dL/dX_ref) against central differences of gpwref's value in the EMBEDDINGS
   (the full gradient, means included), skipping coordinates whose step changes the active hinges;
 * ``loop``: value and G against a plain loop computing each variance by hand;
-* ``real``: value and dL/dX against PML's SignalToNoiseRatioContrastiveLoss;
-* ``sign`` and ``zeros`` as the harness does.
+* ``real``: value and dL/dX against PML's SignalToNoiseRatioContrastiveLoss, ``sign`` and ``zeros``,
+  by the harness's own ``check_real`` and ``check_sign_and_zeros``.
 """
 
 from __future__ import annotations
-
-import sys
 
 import numpy as np
 import torch
 
 import gpwref
 from gpwref.losses import snr_contrastive as snr
-from verification import harness
-from verification.common import NotApplicable, rel_err, rules
-from verification.torch_pairs import masks
+from .. import harness
+from ..common import NotApplicable, rel_err, rules
+from ..torch_pairs import masks
+from .contract import LossRefs
 
 
 HINGE_TIE = 1e-12  # a hinge argument within this of 0 is 0 (gpwref's rule for exact inputs on a hinge)
@@ -131,23 +130,14 @@ def pml(X, labels, R, ref_labels, ref_self, normalize, *, pos_margin, neg_margin
     return value
 
 
-REAL = {"pml": {"pytorch-metric-learning": pml}}
-
-
-def check_case(profile, hyper, batch, *, fd=True):
-    report = harness.CaseReport("snr_contrastive", profile, dict(hyper), batch.cases)
-    params = gpwref.catalog.resolve_hyper(gpwref.get_entry("snr_contrastive"), profile, hyper)
+def check_embeddings(report, profile, hyper, params, batch, fd):
+    """The driver: gpwref's SNR loss computed from the embeddings, checked as the module docstring says."""
     kwargs = batch.compute_kwargs()
     try:
         ours = snr.compute(batch.embeddings, batch.labels, profile=profile, **kwargs, **hyper)
     except gpwref.GpwrefError as error:
-        verdict = harness._reals_all_raise(sys.modules[__name__], profile, batch, params, report)
-        if verdict is None:
-            report.skipped["raises"] = "no real implementation of this profile can express the batch"
-        else:
-            report.errors["raises"] = 0.0 if verdict else float("inf")
-        report.skipped["gpwref"] = str(error)
-        return report
+        harness.check_refusal(report, REFS, profile, batch, params, error)
+        return
     ref_is_batch = batch.ref is None
 
     # autograd from the embeddings
@@ -186,26 +176,8 @@ def check_case(profile, hyper, batch, *, fd=True):
         else:
             report.skipped["fd:dX"] = "every coordinate lies within a step of a hinge"
 
-    for name, impl in REAL.get(profile, {}).items():
-        try:
-            got_value, got_dX = harness._run_real(impl, batch, params)
-        except NotApplicable as why:
-            report.skipped[f"real:{name}"] = str(why)
-            continue
-        except ValueError as error:
-            report.errors[f"real:{name} raises"] = float("inf")
-            report.skipped[f"real:{name}"] = f"raised: {error}"
-            continue
-        report.errors[f"real:{name} value"] = rel_err(ours.loss, got_value, 1.0)
-        report.errors[f"real:{name} dX"] = rel_err(ours.grad_emb, got_dX, dx_floor)
-
-    G = ours.grad_sim
-    report.errors["sign"] = max(float(np.max(G[pos_np], initial=0.0)), float(-np.min(G[neg_np], initial=0.0)), 0.0)
-    used = ours.pos_used | ours.neg_used
-    outside = float(np.max(np.abs(G[~used]), initial=0.0))
-    stray = float(np.any(ours.pos_used & ~pos_np) or np.any(ours.neg_used & ~neg_np))
-    report.errors["zeros"] = max(outside, stray)
-    return report
+    harness.check_real(report, REFS, profile, batch, params, ours, 0.0, dx_floor)
+    harness.check_sign_and_zeros(report, ours, pos_np, neg_np, gpw_sign=True)
 
 
 def _grad_or_zero(leaf):
@@ -253,3 +225,10 @@ def _fd_embeddings(profile, params, ours, batch, floor: float, h: float = harnes
                 compared += 1
                 worst = max(worst, abs((up.loss - down.loss) / (2 * h) - grad[i, k]) / scale)
     return worst, compared
+
+
+REFS = LossRefs(
+    real={"pml": {"pytorch-metric-learning": pml}},
+    driver=check_embeddings,
+    verified_against=("autograd (value, G, dX)", "fd (dX)", "loop"),
+)

@@ -1,27 +1,24 @@
 """Second opinions on SoftTriple: torch formulation, plain loop, PML SoftTripleLoss.
 
 SoftTriple groups the reference columns (centers) by class, which the pair masks alone do not tell
-(two negative centers of one anchor may belong to one class or to two), so this module brings its
-own ``check_case``: the harness's checks, with the labels passed to the torch formulation and loop.
+(two negative centers of one anchor may belong to one class or to two), so the harness passes the
+labels and reference labels to the torch formulation and the loop (``needs_labels``, ``needs_ref_labels``).
 """
 
 from __future__ import annotations
 
 import math
-import sys
 
 import numpy as np
 import torch
 
-import gpwref
-from verification import harness
-from verification.common import NotApplicable, rel_err
-from verification.refs.normalized_softmax import torch_ce, unless_saturated
-from verification.refs.proxy_anchor import pml_labels
-from verification.torch_pairs import masks, similarity
+from ..common import NotApplicable
+from .contract import LossRefs
+from .normalized_softmax import torch_ce, unless_saturated
+from .proxy_anchor import pml_labels
 
 
-def torch_loss(S, pos, neg, profile, labels, ref_labels, *, la, gamma, margin, center_softmax):
+def torch_loss(S, pos, neg, profile, *, labels, ref_labels, la, gamma, margin, center_softmax):
     """Per class, a masked softmax over its usable centers (or RDML's softmax across classes per
     center index), the relaxed similarity as a weighted sum, then a masked cross-entropy."""
     y = torch.as_tensor(np.asarray(labels))
@@ -53,7 +50,7 @@ def torch_loss(S, pos, neg, profile, labels, ref_labels, *, la, gamma, margin, c
     return torch_ce(z, own & present, ~own & present)
 
 
-def loop(S, pos, neg, profile, labels, ref_labels, *, la, gamma, margin, center_softmax):
+def loop(S, pos, neg, profile, *, labels, ref_labels, la, gamma, margin, center_softmax):
     """Plain loops; weights from the closed forms of gpwref/losses/soft_triple.py's docstring."""
     m, n = S.shape
     classes = sorted(set(int(c) for c in ref_labels))
@@ -131,72 +128,29 @@ def pml(X, labels, R, ref_labels, ref_self, normalize, *, la, gamma, margin, cen
     return unless_saturated(loss_fn(X, y))
 
 
-REAL = {"pml": {"pytorch-metric-learning": pml}}
-
-
-def check_case(profile, hyper, batch, *, fd=True):
-    """The harness's checks (verification/harness.py), with labels passed to torch_loss and loop."""
-    loss = "soft_triple"
-    mod = sys.modules[__name__]
-    report = harness.CaseReport(loss, profile, dict(hyper), batch.cases)
-    params = gpwref.catalog.resolve_hyper(gpwref.get_entry(loss), profile, hyper)
-    try:
-        ours = gpwref.compute(loss, batch.embeddings, batch.labels, profile=profile, **batch.compute_kwargs(), **hyper)
-    except gpwref.GpwrefError as error:
-        verdict = harness._reals_all_raise(mod, profile, batch, params, report)
-        if verdict is None:
-            report.skipped["raises"] = "no real implementation of this profile can express the batch"
-        else:
-            report.errors["raises"] = 0.0 if verdict else float("inf")
-        report.skipped["gpwref"] = str(error)
-        return report
-    X = torch.tensor(batch.embeddings, dtype=torch.float64, requires_grad=True)
-    R = torch.tensor(batch.ref, dtype=torch.float64, requires_grad=True)
-    S = similarity(X, R, batch.normalize)
-    S.retain_grad()
-    pos, neg = masks(S, batch.labels, batch.ref_labels, False, profile, batch.ref_self)
-    value = torch_loss(S, pos, neg, profile, batch.labels, batch.ref_labels, **params)
-    value.backward()
-    report.errors["autograd:value"] = rel_err(ours.loss, value.item())
-    report.errors["autograd:G"] = rel_err(ours.grad_sim, S.grad.numpy())
-    floor = harness._grad_emb_scale(ours, batch)
-    report.errors["autograd:dX"] = rel_err(ours.grad_emb, X.grad.numpy(), floor)
-    report.errors["autograd:dX_ref"] = rel_err(ours.grad_ref, R.grad.numpy(), floor)
-    pos_np, neg_np = (t.numpy() for t in masks(torch.from_numpy(ours.sim), batch.labels, batch.ref_labels, False, profile, batch.ref_self))
-    loop_value, loop_G = loop(ours.sim, pos_np, neg_np, profile, batch.labels, batch.ref_labels, **params)
-    report.errors["loop:value"] = rel_err(ours.loss, loop_value)
-    report.errors["loop:G"] = rel_err(ours.grad_sim, loop_G)
-    if fd:
-        err, compared = harness.fd_error(loss, profile, params, ours, batch)
-        if compared:
-            report.errors["fd:G"] = err
-        else:
-            report.skipped["fd:G"] = "every entry lies within a step of a kink"
-    for name, impl in REAL.get(profile, {}).items():
-        try:
-            got_value, got_dX = harness._run_real(impl, batch, params)
-        except NotApplicable as why:
-            report.skipped[f"real:{name}"] = str(why)
-            continue
-        report.errors[f"real:{name} value"] = rel_err(ours.loss, got_value, 1.0)
-        report.errors[f"real:{name} dX"] = rel_err(ours.grad_emb, got_dX, floor)
-    G = ours.grad_sim
-    used = ours.pos_used | ours.neg_used
-    report.errors["zeros"] = max(float(np.max(np.abs(G[~used]), initial=0.0)), float(np.any(ours.pos_used & ~pos_np) or np.any(ours.neg_used & ~neg_np)))
-    report.skipped["sign"] = "SoftTriple's center weights can take either sign (module docstring)"
-    return report
-
-
 def draw_batch(rng, knobs, variant):
     """For ``gpwref verify``: a batch with proxies (centers) for its classes, ``per_class`` each.
 
     The RDML variant (center_softmax="classes") needs the same number of centers in every class,
     which a randomly labelled reference set almost never has, so every class gets two there.
     """
-    from verification.refs.proxy_anchor import proxy_batch
+    from .proxy_anchor import proxy_batch
 
     m = knobs.pop("m", (2, 8))
     for knob in ("with_ref", "ref_includes_batch", "on_boundary"):
         knobs.pop(knob, None)
     per_class = 2 if variant.get("center_softmax") == "classes" else int(rng.integers(1, 3))
     return proxy_batch(rng, m=m, per_class=per_class, **knobs)
+
+
+REFS = LossRefs(
+    torch_loss=torch_loss,
+    loop=loop,
+    real={"pml": {"pytorch-metric-learning": pml}},
+    draw_batch=draw_batch,
+    needs_labels=True,
+    needs_ref_labels=True,
+    # value and G by autograd at torch's S from X, as this loss has always been checked
+    autograd_at_own_S=False,
+    sign_exempt="SoftTriple's center weights can take either sign (module docstring)",
+)

@@ -8,13 +8,12 @@ that maximum frozen, so G is checked against finite differences of ``frozen_valu
 from __future__ import annotations
 
 import math
-import sys
 
 import numpy as np
 import torch
 
-from verification.common import NotApplicable, rules
-from verification.refs._checks import check_case_frozen
+from ..common import NotApplicable, rules
+from .contract import LossRefs
 
 
 def _alive_rows(pos, neg, profile, require_both_kinds):
@@ -176,8 +175,10 @@ def official(X, labels, R, ref_labels, ref_self, normalize, *, temperature, base
     return (-(temperature / base_temperature) * mean_log_prob_pos).mean()
 
 
-REAL = {"pml": {"pytorch-metric-learning": pml}, "paper": {"SupContrast official losses.py rules": official}}
-
-
-def check_case(profile, hyper, batch, *, fd=True):
-    return check_case_frozen("supcon", sys.modules[__name__], profile, hyper, batch, fd=fd)
+REFS = LossRefs(
+    torch_loss=torch_loss,
+    loop=loop,
+    real={"pml": {"pytorch-metric-learning": pml}, "paper": {"SupContrast official losses.py rules": official}},
+    frozen_value=frozen_value,
+    scales=scales,
+)

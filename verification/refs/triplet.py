@@ -14,8 +14,9 @@ import torch
 
 from gpwref.losses.contrastive import DUPLICATE_SQ_DISTANCE
 from gpwref.losses.triplet import TIE_GAP
-from verification.common import NotApplicable
-from verification.refs.contrastive import refuse_cdist_matmul_on_duplicates, has_duplicated_rows, torch_snap_duplicates, torch_unit_distance
+from ..common import NotApplicable
+from .contrastive import refuse_cdist_matmul_on_duplicates, has_duplicated_rows, torch_snap_duplicates, torch_unit_distance
+from .contract import LossRefs
 
 
 def _first_index_of_extreme(values: torch.Tensor, mask: torch.Tensor, largest: bool) -> torch.Tensor:
@@ -159,4 +160,8 @@ def pml(X, labels, R, ref_labels, ref_self, normalize, *, mining, margin, distan
     return loss_fn(X, y, indices, R, yr)
 
 
-REAL = {"pml": {"pytorch-metric-learning": pml}}
+REFS = LossRefs(
+    torch_loss=torch_loss,
+    loop=loop,
+    real={"pml": {"pytorch-metric-learning": pml}},
+)

@@ -3,20 +3,19 @@
 Written from the formulas (catalog.md 2.13, section 3 item 21) without calling gpwref's vectorised
 code: the torch side takes arccos (as atan2) and torch.cos(theta - beta) where gpwref uses the algebraic
 form S cos(beta) + sqrt(1 - S^2) sin(beta); the loop writes the weight as sin(theta - beta)/sin(theta).
-Checks run through verification/refs/_checks.py (nothing is detached; ``fd_skip`` avoids arccos's
+Checks run through verification/harness.py's frozen-value path (nothing is detached; ``fd_skip`` avoids arccos's
 singular slope near |S| = 1).
 """
 
 from __future__ import annotations
 
 import math
-import sys
 
 import numpy as np
 import torch
 
-from verification.common import NotApplicable, rules
-from verification.refs._checks import check_case_frozen
+from ..common import NotApplicable, rules
+from .contract import LossRefs
 
 EDGE = 1e-12  # 2 - 2|S| at or below this: theta = 0 or pi, no slope (gpwref's duplicate rule)
 
@@ -130,8 +129,10 @@ def pml(X, labels, R, ref_labels, ref_self, normalize, *, margin_deg, scale, req
     return TupletMarginLoss(margin=margin_deg, scale=scale)(X, yt, None, R, yrt)
 
 
-REAL = {"pml": {"pytorch-metric-learning": pml}}
-
-
-def check_case(profile, hyper, batch, *, fd=True):
-    return check_case_frozen("tuplet_margin", sys.modules[__name__], profile, hyper, batch, fd=fd)
+REFS = LossRefs(
+    torch_loss=torch_loss,
+    loop=loop,
+    real={"pml": {"pytorch-metric-learning": pml}},
+    frozen_value=frozen_value,
+    fd_skip=fd_skip,
+)

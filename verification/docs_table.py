@@ -1,16 +1,16 @@
 """The catalog table of the docs, generated from the catalog itself (``docs/catalog.md``).
 
-    python -m gpwref.docs_table            write docs/catalog.md
-    python -m gpwref.docs_table --check    exit 1 if docs/catalog.md is not the generated text
+    gpwref docs-table            write docs/catalog.md
+    gpwref docs-table --check    exit 1 if docs/catalog.md is not the generated text
 
 One row per catalog entry: loss, family, reference, which of the three similarities its weights
 use (self, negative-relative, positive-relative), whether it obeys the GPW sign rule, its profiles,
-and what it is verified against per profile. "Verified against" is read from the entry's
-``verification/refs/<loss>.py``: ``torch_loss`` means torch autograd in float64 on an independent
-formulation (plus central finite differences, which need nothing but gpwref), ``loop`` a plain
-per-anchor loop, and ``REAL[profile]`` names the real implementations. A refs module that brings its
-own ``check_case`` lists its checks in ``VERIFIED_AGAINST``. Reading the refs modules needs the
-verification extras (torch); without them the column says so.
+and what it is verified against per profile. "Verified against" is read from the entry's ``REFS``
+record (``verification/refs/contract.py``): ``torch_loss`` means torch autograd in float64 on an
+independent formulation (plus central finite differences), ``loop`` a plain per-anchor loop, and
+``real[profile]`` names the real implementations; ``verified_against``, where given, replaces the
+first three. Reading the refs modules needs the verification extras (torch); without them the column
+says so.
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ import importlib
 import os
 import sys
 
-from .catalog import CATALOG, LossEntry
+from gpwref.catalog import CATALOG, LossEntry
 
 DOC_PATH = os.path.join("docs", "catalog.md")
 
 HEADER = """# The gpwref catalog
 
-Generated from `gpwref.CATALOG` and `verification/refs/<loss>.py` by `python -m gpwref.docs_table`;
+Generated from `gpwref.CATALOG` and `verification/refs/<loss>.py` by `gpwref docs-table`;
 do not edit by hand (`tests/test_plots_docs.py` fails when this file is not the generated text).
 
 Columns: *weights use* = which of the MS paper's three similarities the GPW weights G = dL/dS
@@ -45,18 +45,17 @@ def _cell(text: str) -> str:
 def verified_against(entry: LossEntry) -> str:
     """Per profile, the checks that prove the entry (from its refs module)."""
     try:
-        module = importlib.import_module(f"verification.refs.{entry.name}")
+        refs = importlib.import_module(f".refs.{entry.name}", __package__).REFS
     except ModuleNotFoundError as error:
-        if error.name and error.name.startswith("verification"):
+        if error.name and error.name.startswith(f"{__package__}.refs"):
             return "no refs module"
         return f"(needs the verification extras: {error.name})"
-    own = getattr(module, "VERIFIED_AGAINST", None)
-    if hasattr(module, "check_case"):
-        base = list(own) if own else ["own check_case"]
+    if refs.verified_against:
+        base = list(refs.verified_against)
     else:
-        base = [name for name, present in (("autograd", hasattr(module, "torch_loss")), ("fd", True),
-                                           ("loop", hasattr(module, "loop"))) if present]
-    real = getattr(module, "REAL", {})
+        base = [name for name, present in (("autograd", refs.torch_loss is not None), ("fd", True),
+                                           ("loop", refs.loop is not None)) if present]
+    real = refs.real
     parts = []
     for profile in entry.defaults:
         names = base + sorted(real.get(profile, {}))
@@ -91,7 +90,7 @@ def generate() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gpwref.docs_table", description="Generate the docs' catalog table")
+    parser = argparse.ArgumentParser(prog="gpwref docs-table", description="Generate the docs' catalog table")
     parser.add_argument("--out", default=DOC_PATH)
     parser.add_argument("--check", action="store_true", help="exit 1 when the file differs from the generated text")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
@@ -103,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         except FileNotFoundError:
             current = None
         if current != text:
-            print(f"{args.out} is stale: run python -m gpwref.docs_table", file=sys.stderr)
+            print(f"{args.out} is stale: run gpwref docs-table", file=sys.stderr)
             return 1
         print(f"{args.out} is current")
         return 0
