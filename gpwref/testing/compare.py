@@ -150,6 +150,11 @@ class Setup:
             kinks = self.fd_kink_mask(inputs, fd_steps)
         tol = self.tolerance(output.dtype, output.grad_source == "finite differences")
         ratios = self.ratios(reference, output, tol, kinks)
+        if output.grad_source == "not connected" and ratios.get("grad_emb", 0.0) > 1.0:
+            raise GpwrefError("candidate", "returned a tensor with no autograd path to the embeddings it was given (its "
+                              "gradient is 0, the reference's is not): compute the loss from those tensors with torch "
+                              "operations, without .detach(), .numpy(), .item() or torch.tensor() of an intermediate",
+                              f"value {output.value!r}")
         return Comparison(inputs, reference, None, output, None, ratios, tol, kinks)
 
     def ratios(self, reference, output: CandidateOutput, tol: Tolerance, kinks=None, scale: float = 1.0) -> dict[str, float]:
