@@ -143,11 +143,13 @@ class Candidate:
     # -- evaluation --------------------------------------------------------------------------------
     def evaluate(self, X: np.ndarray, labels: np.ndarray, ref=None, ref_labels=None, ref_self=None, *,
                  grad_emb: bool = True, grad_ref: bool = False, per_anchor: bool = False,
-                 fd_steps: tuple[np.ndarray, np.ndarray] | None = None) -> CandidateOutput:
+                 fd_steps: tuple[np.ndarray, np.ndarray] | None = None, per_anchor_rows: int | None = None) -> CandidateOutput:
         """The candidate on (already rounded) float64 inputs, converted to its dtype and framework.
 
         ``fd_steps`` (for NumPy candidates without ``candidate_grad``) gives the +/- perturbed
         coordinates of X (see ``fd_points``); the finite-difference gradient is then returned.
+        ``per_anchor_rows``: how many values ``candidate_per_anchor`` returns (default: one per row of
+        X; a loss that sums per proxy: one per row of ref).
         """
         framework = self.detect()
         if framework == "torch":
@@ -158,8 +160,10 @@ class Candidate:
             args, kwargs = self._arguments(X, labels, ref, ref_labels, ref_self, framework, False)
             values = self.candidate_per_anchor(*args, **kwargs)
             values = _to_numpy(values)
-            if values.shape != (X.shape[0],):
-                raise GpwrefError("candidate_per_anchor", f"must return one value per anchor, shape ({X.shape[0]},)", f"shape {values.shape}")
+            rows = X.shape[0] if per_anchor_rows is None else per_anchor_rows
+            if values.shape != (rows,):
+                what = "anchor" if rows == X.shape[0] and per_anchor_rows is None else "proxy (row of ref: the loss sums per proxy)"
+                raise GpwrefError("candidate_per_anchor", f"must return one value per {what}, shape ({rows},)", f"shape {values.shape}")
             out = CandidateOutput(out.value, out.grad_emb, out.grad_ref, values.astype(np.float64), out.dtype, out.grad_source)
         return out
 
