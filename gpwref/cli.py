@@ -3,7 +3,7 @@
     gpwref verify [--seed N] [--batches N] [--loss NAME ...] [--profile NAME ...]
     gpwref list                              the catalog, one line per loss
     gpwref profiles show NAME | diff A B     convention profiles as tables
-    gpwref plot LOSS ...                     GPW weight plots (PNG)
+    gpwref plot LOSS [--out DIR] ...         GPW weight plots (two PNGs into DIR, default the current folder)
     gpwref reproduce ...                     the CUB-200 / Omniglot training reproduction
     gpwref docs-table [--check]              write (or check) docs/catalog.md from the catalog
 

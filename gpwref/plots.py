@@ -171,7 +171,7 @@ def weights_figure(loss: str, profile: str = "paper", hyper: dict | None = None,
     right.set_xlabel("S_ij")
     right.set_ylabel("|dL/dS_ij|")
     right.legend(fontsize=7)
-    fig.suptitle(f"{loss} ({profile}: {_format(params)})", fontsize=10)
+    fig.suptitle(_wrap(f"{loss} ({profile}: {_format(params)})", fig, 10), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -200,7 +200,7 @@ def heatmap_figure(loss: str, profile: str = "paper", hyper: dict | None = None,
     ax.set_xlabel("reference item (sorted by class)" if inputs.ref is not None else "sample j (sorted by class)")
     ax.set_ylabel("anchor i (sorted by class)")
     fig.colorbar(image, ax=ax, label="G_ij = dL/dS_ij  (blue pull, red push)")
-    ax.set_title(f"{loss} ({profile}: {_format(params)})", fontsize=9)
+    ax.set_title(_wrap(f"{loss} ({profile}: {_format(params)})", fig, 9, share=0.75), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -228,6 +228,13 @@ def paper_figure(path: str = PAPER_FIGURE, *, seed: int = 0) -> tuple[str, list[
     return path, drawn
 
 
+def _wrap(text: str, fig, fontsize: float, share: float = 1.0) -> str:
+    """``text`` broken into lines that fit ``share`` of the figure's width (a character of a
+    proportional font is taken as 0.6 em), so that a long title is not cut at the figure's edge."""
+    width = int(fig.get_figwidth() * share * 72 / (0.6 * fontsize))
+    return textwrap.fill(text, max(20, width), break_long_words=False, break_on_hyphens=False)
+
+
 def _format(params: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in params.items()) or "no hyper-parameters"
 
@@ -247,7 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gpwref plot", description="GPW weight plots (PNG)")
     parser.add_argument("loss", nargs="?", help=f"one of {', '.join(LOSSES)}")
     parser.add_argument("--profile", default="paper")
-    parser.add_argument("--out", default=None, help="output folder (LOSS) or file (--paper-figure)")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="folder for LOSS's two PNGs (default: the current folder, created if missing); "
+                             f"with --paper-figure the PNG file (default: {PAPER_FIGURE})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--m", type=int, default=16, help="batch size of the drawn batch")
     parser.add_argument("--classes", type=int, default=4)
@@ -269,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         kwargs = dict(seed=args.seed, m=args.m, classes=args.classes)
         for path in (weights_figure(args.loss, args.profile, hyper, path=f"{stem}_weights.png", **kwargs),
                      heatmap_figure(args.loss, args.profile, hyper, path=f"{stem}_heatmap.png", **kwargs)):
-            print(f"wrote {path}")
+            print(f"wrote {os.path.abspath(path)}")
         return 0
     except GpwrefError as error:
         print(f"gpwref plot: {error}", file=sys.stderr)

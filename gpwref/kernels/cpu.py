@@ -26,6 +26,7 @@ many times slower than a streaming one (every row segment is a separate cache an
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import math
 import os
@@ -168,14 +169,48 @@ def run_items(work, items) -> None:
 # Measured at m = 4096, d = 512, float32, 2 threads (benchmarks/README.md): the same pipeline took
 # 409 ms with BLAS's threads spinning and 266 ms with OPENBLAS_THREAD_TIMEOUT=4 (they then sleep at
 # once; an environment variable read when OpenBLAS loads, which a library cannot set). The
-# kernels therefore call BLAS limited to one thread (``blas_single``, through threadpoolctl) and
-# split each GEMM into fixed blocks of rows run on gpwref's pool (``matmul_rows``, ``gram``): BLAS's
-# threads are never woken, and since the blocks do not depend on the thread count, neither do the bits.
+# kernels therefore call BLAS limited to one thread (``blas_single``) and split each GEMM into fixed
+# blocks of rows run on gpwref's pool (``matmul_rows``, ``gram``): BLAS's threads are never woken,
+# and since the blocks do not depend on the thread count, neither do the bits.
+#
+# The limit is set through each library's own process-wide call (ctypes on the libraries that
+# threadpoolctl finds), not threadpoolctl's ``limit``: for a pthreads OpenBLAS threadpoolctl obeys
+# only the first thread that set a count and silently ignores the others, so a call from any other
+# thread ran BLAS multi-threaded (other bits) and could leave BLAS at one thread for good. OpenBLAS's
+# ``openblas_set_num_threads_local`` is no way out: in a pthreads build it is process-wide too.
 
-_blas_libraries = None
+_OPENBLAS_AFFIXES = [(prefix, suffix) for prefix in ("", "scipy_") for suffix in ("", "64_", "_64")]
+
+
+class _BlasThreads:
+    """One loaded BLAS library's process-wide thread count: ``get()`` and ``set(count)``."""
+
+    def __init__(self, controller):
+        self.name = controller.filepath
+        self.get, self.set = controller.get_num_threads, controller.set_num_threads
+        if controller.internal_api == "openblas" and getattr(controller, "threading_layer", None) != "openmp":
+            for prefix, suffix in _OPENBLAS_AFFIXES:  # e.g. scipy_openblas_set_num_threads64_
+                getter = getattr(controller.dynlib, f"{prefix}openblas_get_num_threads{suffix}", None)
+                setter = getattr(controller.dynlib, f"{prefix}openblas_set_num_threads{suffix}", None)
+                if getter is not None and setter is not None:
+                    getter.restype, setter.restype, setter.argtypes = ctypes.c_int, None, [ctypes.c_int]
+                    self.get, self.set = getter, setter
+                    break
+
+
+def _find_blas() -> list:
+    try:
+        from threadpoolctl import ThreadpoolController
+
+        return [_BlasThreads(lib) for lib in ThreadpoolController().select(user_api="blas").lib_controllers]
+    except Exception:  # pragma: no cover - threadpoolctl missing or unable to inspect
+        return []
+
+
+_blas_libraries: list | None = None
 _blas_lock = threading.Lock()
 _blas_users = 0  # blocks inside blas_single now, over every thread
-_blas_limiter = None  # the limit taken by the first of them, restored by the last
+_blas_found: list = []  # (library, its count when the first of them entered), restored by the last
 
 
 @contextmanager
@@ -183,24 +218,20 @@ def blas_single():
     """Limit the loaded BLAS libraries to one thread within this block. Without threadpoolctl this
     does nothing (BLAS then runs its own threads, which is correct but slower).
 
-    The limit is process-wide: the first block to enter (on any thread) takes it and the last to
-    leave restores the counts it found, so nested and overlapping calls from several threads never
-    leave BLAS single-threaded. While any block is inside, BLAS called elsewhere in the process runs
+    The limit is process-wide and does not depend on which thread enters: the first block to enter
+    (on any thread) records each library's count and sets one, the last to leave sets the recorded
+    counts back, so nested and overlapping calls from several threads never leave BLAS
+    single-threaded. While any block is inside, BLAS called elsewhere in the process runs
     single-threaded too."""
-    global _blas_libraries, _blas_users, _blas_limiter
-    if _blas_libraries is None:
-        try:
-            from threadpoolctl import ThreadpoolController
-
-            _blas_libraries = ThreadpoolController().select(user_api="blas")
-        except Exception:  # pragma: no cover - threadpoolctl missing or unable to inspect
-            _blas_libraries = False
-    if not _blas_libraries:
-        yield
-        return
+    global _blas_libraries, _blas_users, _blas_found
     with _blas_lock:
+        if _blas_libraries is None:
+            _blas_libraries = _find_blas()
         if _blas_users == 0:
-            _blas_limiter = _blas_libraries.limit(limits=1)
+            _blas_found = [(library, library.get()) for library in _blas_libraries]
+            for library, count in _blas_found:
+                if count != 1:
+                    library.set(1)
         _blas_users += 1
     try:
         yield
@@ -208,8 +239,10 @@ def blas_single():
         with _blas_lock:
             _blas_users -= 1
             if _blas_users == 0:
-                _blas_limiter.restore_original_limits()
-                _blas_limiter = None
+                for library, count in _blas_found:
+                    if count != 1:
+                        library.set(count)
+                _blas_found = []
 
 
 # Rows per BLAS call in ``matmul_rows`` and ``gram``: the GEMM's efficiency is flat from 256 rows

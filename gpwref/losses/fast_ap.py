@@ -98,6 +98,12 @@ def outside_mass(d: np.ndarray, delta: float) -> np.ndarray:
 
 
 def value_and_grad(S: np.ndarray, pairs: Pairs, profile: Profile, *, num_bins: int, kink_slope: str) -> PairResult:
+    from ..errors import check_memory
+
+    # the kernel, its slopes and the weights are m x n x (B + 1) arrays, about six alive at once
+    check_memory(S.shape[0], S.shape[1] * (num_bins + 1), 6, "num_bins",
+                 what=f"FastAP's {S.shape[0]} x {S.shape[1]} x {num_bins + 1} (pairs x bins) arrays",
+                 advice="use fewer bins or a smaller batch")
     pos, neg = pairs.pos, pairs.neg
     delta = 4.0 / num_bins
     d = distances(S)

@@ -15,7 +15,7 @@
 torch, JAX and hypothesis are optional: each is imported only when used.
 """
 
-from .explain import Alternative, AnchorFacts, Check, MismatchReport, PairFacts
+from .explain import Alternative, AnchorFacts, Check, MismatchReport, PairFacts, ProxyFacts
 from .oracle import LossMismatch, OracleSummary, assert_loss_matches, explain_mismatch
 from .profile_table import profile_table
 from .strategies import Batch, batches, make_batch
@@ -30,6 +30,7 @@ __all__ = [
     "MismatchReport",
     "OracleSummary",
     "PairFacts",
+    "ProxyFacts",
     "TOLERANCES",
     "Tolerance",
     "assert_loss_matches",

@@ -66,7 +66,7 @@ class CandidateOutput:
     grad_ref: np.ndarray | None
     per_anchor: np.ndarray | None
     dtype: str  # the least precise of the input, value and gradient dtypes
-    grad_source: str  # "autograd", "candidate_grad", "finite differences" or "none"
+    grad_source: str  # "autograd", "not connected" (no autograd path), "candidate_grad", "finite differences" or "none"
 
 
 class Candidate:
@@ -115,18 +115,20 @@ class Candidate:
                 kwargs = {"ref": torch.tensor(R), "ref_labels": torch.as_tensor(yr)} if with_ref else {}
                 try:
                     value = self.fn(torch.tensor(X, requires_grad=True), torch.as_tensor(y), **kwargs)
+                except Exception as error:  # noqa: BLE001 - any failure means "not called this way"
+                    errors.append(f"torch{' with ref' if with_ref else ''}: {error!r}")
+                else:
                     if isinstance(value, torch.Tensor):
                         self.framework = "torch"
                         return self.framework
-                    errors.append(f"torch{' with ref' if with_ref else ''}: returned {type(value).__name__}, not a torch.Tensor")
-                except Exception as error:  # noqa: BLE001 - any failure means "not called this way"
-                    errors.append(f"torch{' with ref' if with_ref else ''}: {error!r}")
+                    _refuse_untyped(value, "torch tensors")
             kwargs = {"ref": R, "ref_labels": yr} if with_ref else {}
             try:
                 value = self.fn(X, y, **kwargs)
             except Exception as error:  # noqa: BLE001
                 errors.append(f"NumPy{' with ref' if with_ref else ''}: {error!r}")
                 continue
+            _loss_number(value)
             self.framework = "jax" if type(value).__module__.split(".")[0] in ("jax", "jaxlib") else "numpy"
             if self.dtype == "bfloat16":
                 raise GpwrefError("dtype", "bfloat16 needs a torch candidate (NumPy has no bfloat16)", self.framework)
@@ -141,11 +143,13 @@ class Candidate:
     # -- evaluation --------------------------------------------------------------------------------
     def evaluate(self, X: np.ndarray, labels: np.ndarray, ref=None, ref_labels=None, ref_self=None, *,
                  grad_emb: bool = True, grad_ref: bool = False, per_anchor: bool = False,
-                 fd_steps: tuple[np.ndarray, np.ndarray] | None = None) -> CandidateOutput:
+                 fd_steps: tuple[np.ndarray, np.ndarray] | None = None, per_anchor_rows: int | None = None) -> CandidateOutput:
         """The candidate on (already rounded) float64 inputs, converted to its dtype and framework.
 
         ``fd_steps`` (for NumPy candidates without ``candidate_grad``) gives the +/- perturbed
         coordinates of X (see ``fd_points``); the finite-difference gradient is then returned.
+        ``per_anchor_rows``: how many values ``candidate_per_anchor`` returns (default: one per row of
+        X; a loss that sums per proxy: one per row of ref).
         """
         framework = self.detect()
         if framework == "torch":
@@ -156,8 +160,10 @@ class Candidate:
             args, kwargs = self._arguments(X, labels, ref, ref_labels, ref_self, framework, False)
             values = self.candidate_per_anchor(*args, **kwargs)
             values = _to_numpy(values)
-            if values.shape != (X.shape[0],):
-                raise GpwrefError("candidate_per_anchor", f"must return one value per anchor, shape ({X.shape[0]},)", f"shape {values.shape}")
+            rows = X.shape[0] if per_anchor_rows is None else per_anchor_rows
+            if values.shape != (rows,):
+                what = "anchor" if rows == X.shape[0] and per_anchor_rows is None else "proxy (row of ref: the loss sums per proxy)"
+                raise GpwrefError("candidate_per_anchor", f"must return one value per {what}, shape ({rows},)", f"shape {values.shape}")
             out = CandidateOutput(out.value, out.grad_emb, out.grad_ref, values.astype(np.float64), out.dtype, out.grad_source)
         return out
 
@@ -198,6 +204,9 @@ class Candidate:
         grads = [None] * len(inputs)
         if (want_grad or want_grad_ref) and value.requires_grad:
             grads = list(torch.autograd.grad(value.reshape(()), inputs, allow_unused=True))
+        # a value with no autograd path to the embeddings: gradient 0 (``compare`` turns that into a
+        # usage error where the reference's gradient is not 0)
+        disconnected = want_grad and grads[0] is None
         grads = [np.zeros(t.shape) if g is None else g.detach().to(torch.float64).numpy() for t, g in zip(inputs, grads)]
         return CandidateOutput(
             value=float(value.detach().to(torch.float64).reshape(())),
@@ -205,12 +214,12 @@ class Candidate:
             grad_ref=grads[1] if len(grads) > 1 else None,
             per_anchor=None,
             dtype=least_precise(*dtypes),
-            grad_source="autograd" if (want_grad or want_grad_ref) else "none",
+            grad_source=("not connected" if disconnected else "autograd") if (want_grad or want_grad_ref) else "none",
         )
 
     def _call_numpy(self, X, labels, ref, ref_labels, ref_self) -> tuple[float, str]:
         (emb, y), kwargs = self._arguments(X, labels, ref, ref_labels, ref_self, self.framework, False)
-        value = _to_numpy(self.fn(emb, y, **kwargs))
+        value = _loss_number(self.fn(emb, y, **kwargs))
         if value.size != 1:
             raise GpwrefError("candidate", "must return the loss as one number", f"shape {value.shape}")
         return float(value.astype(np.float64).reshape(())), _value_dtype(value)
@@ -269,6 +278,35 @@ def _to_numpy(value) -> np.ndarray:
         if value.dtype == torch.bfloat16:
             value = value.to(torch.float32)
     return np.asarray(value)
+
+
+LOSS_RETURN = "the loss as one real number: a float, a 0-d NumPy array or a one-element tensor"
+
+
+def _loss_number(value) -> np.ndarray:
+    """The candidate's return value as a real array; None, text or objects are a usage error (NumPy
+    would read None as nan and "0.5" as 0.5)."""
+    if value is None:
+        raise GpwrefError("candidate", f"returned None; it must return {LOSS_RETURN} (a missing return statement?)", "None")
+    array = _to_numpy(value)
+    if array.dtype.kind not in "fiu":
+        raise GpwrefError("candidate", f"must return {LOSS_RETURN}, not text, booleans or objects",
+                          f"{type(value).__name__} {value!r:.60}")
+    return array
+
+
+def _refuse_untyped(value, inputs: str) -> None:
+    """Called with torch tensors, a candidate returned no tensor: None, text, or a number cut from the
+    graph (.item(), float(), .numpy()). Each is a usage error: finite differences on a torch function
+    are slow and cannot see what autograd would."""
+    _loss_number(value)
+    raise GpwrefError(
+        "candidate",
+        f"returned a {type(value).__name__} when called with {inputs} that require grad: return the loss as a torch "
+        "tensor (without .item(), float() or .numpy()) so that autograd gives its gradient; for a NumPy function "
+        "pass framework='numpy' (gradients then come from candidate_grad= or finite differences)",
+        f"{type(value).__name__} {value!r:.60}",
+    )
 
 
 def _value_dtype(value) -> str:

@@ -65,6 +65,7 @@ class Setup:
                  rtol=None, atol=None, dtype="float64", normalize=True, framework=None,
                  candidate_grad=None, candidate_per_anchor=None):
         self.entry = get_entry(loss)
+        self.per_proxy = "per_anchor is per proxy" in self.entry.limits  # per_anchor rows are ref's rows
         self.profile: Profile = get_profile(profile)
         if hyper is not None and not isinstance(hyper, Mapping):
             raise GpwrefError("hyper", "must be a mapping of hyper-parameter overrides (or None)", type(hyper).__name__)
@@ -121,6 +122,7 @@ class Setup:
             grad_ref=grads and self.wants("grad_ref") and inputs.ref is not None,
             per_anchor=self.candidate.candidate_per_anchor is not None,
             fd_steps=fd_steps,
+            per_anchor_rows=inputs.ref.shape[0] if self.per_proxy and inputs.ref is not None else None,
         )
 
     def uses_fd(self) -> bool:
@@ -150,6 +152,11 @@ class Setup:
             kinks = self.fd_kink_mask(inputs, fd_steps)
         tol = self.tolerance(output.dtype, output.grad_source == "finite differences")
         ratios = self.ratios(reference, output, tol, kinks)
+        if output.grad_source == "not connected" and ratios.get("grad_emb", 0.0) > 1.0:
+            raise GpwrefError("candidate", "returned a tensor with no autograd path to the embeddings it was given (its "
+                              "gradient is 0, the reference's is not): compute the loss from those tensors with torch "
+                              "operations, without .detach(), .numpy(), .item() or torch.tensor() of an intermediate",
+                              f"value {output.value!r}")
         return Comparison(inputs, reference, None, output, None, ratios, tol, kinks)
 
     def ratios(self, reference, output: CandidateOutput, tol: Tolerance, kinks=None, scale: float = 1.0) -> dict[str, float]:

@@ -95,10 +95,22 @@ class AnchorFacts:
     used_positives: int
     used_negatives: int
     status: str
-    reference: float  # the anchor's contribution to the reference loss
+    reference: float | None  # the anchor's contribution to the reference loss (None: the loss sums per proxy)
     candidate: float | None
     candidate_source: str  # "candidate_per_anchor", "modelled by <alternative>", or "unknown"
     rules: tuple[str, ...]  # alternatives that change this anchor's contribution, with the change
+
+
+@dataclass(frozen=True)
+class ProxyFacts:
+    """A proxy loss that sums per proxy (``per_anchor`` is per proxy): the proxy (a row of ``ref``)
+    whose contribution differs most. Kept apart from ``AnchorFacts``, whose rows are samples."""
+
+    index: int  # row of ref
+    label: int
+    reference: float
+    candidate: float
+    candidate_source: str  # "candidate_per_anchor" or "modelled by <alternative>"
 
 
 @dataclass(frozen=True)
@@ -140,6 +152,7 @@ class MismatchReport:
     alternatives: tuple[Alternative, ...]  # those that agree on this batch, best first
     tried: int  # alternatives tried
     notes: tuple[str, ...] = field(default_factory=tuple)
+    worst_proxy: ProxyFacts | None = None  # losses whose per_anchor is per proxy only
 
     @property
     def best(self) -> Alternative | None:
@@ -479,17 +492,25 @@ def explain(setup: Setup, batch: Batch, *, confirm: int = 8, seed: int = 0, comp
         else:
             weights = inferred
 
-    anchor = _worst_anchor(reference, cand_per_anchor, output, weights)
+    per_proxy = per_anchor_is_per_proxy(setup, comparison)
+    proxy_facts = None
+    if per_proxy and cand_per_anchor is not None:  # the proxies' contributions, apart from the sample rows
+        diff = np.abs(cand_per_anchor - reference.per_anchor)
+        if diff.max(initial=0.0) > 0:
+            k = int(np.argmax(diff))
+            proxy_facts = ProxyFacts(k, int(comparison.inputs.ref_labels[k]), float(reference.per_anchor[k]),
+                                     float(cand_per_anchor[k]), per_anchor_source)
+    anchor = _worst_anchor(reference, None if per_proxy else cand_per_anchor, output, weights)
     pair = _worst_pair(anchor, weights)
     singles_for_rules = [v for v in singles if v.kind != "reduction"]
-    anchor_facts = None if anchor is None else _anchor_facts(setup, comparison, anchor, cand_per_anchor, per_anchor_source,
-                                                              singles_for_rules, outcomes)
+    anchor_facts = None if anchor is None else _anchor_facts(setup, comparison, anchor, None if per_proxy else cand_per_anchor,
+                                                              per_anchor_source, singles_for_rules, outcomes, per_proxy)
     pair_facts = None if pair is None else _pair_facts(setup, comparison, pair, weights, singles_for_rules, outcomes)
     if best is not None and best.reduction is not None:
         notes.append(_reduction_note(reference))
     return MismatchReport(**base, agree=False, checks=checks, candidate_per_anchor=cand_per_anchor,
                           worst_anchor=anchor_facts, worst_pair=pair_facts, alternatives=tuple(alternatives),
-                          tried=tried, notes=tuple(notes))
+                          tried=tried, notes=tuple(notes), worst_proxy=proxy_facts)
 
 
 def _checks(comparison: Comparison) -> tuple[Check, ...]:
@@ -516,6 +537,12 @@ def _further_batches(setup: Setup, batch: Batch, count: int, seed: int) -> list[
         knobs.pop("ref_includes_batch", None)
     m, d = batch.m, batch.embeddings.shape[1]
     general = {"with_ref": batch.ref is not None}
+    if "proxies" in batch.cases:  # a proxy set again: as many proxies per class
+        per_class = len(batch.ref_labels) // len(np.unique(batch.ref_labels))
+        for chosen in (knobs, general):
+            chosen.pop("with_ref", None)
+            chosen.pop("ref_includes_batch", None)
+            chosen["proxies"] = per_class
     comparisons = []
     for k in range(count):
         rng = np.random.default_rng([seed, 7919, k])
@@ -590,7 +617,16 @@ def _pairs_of(setup: Setup, comparison: Comparison, profile: Profile):
     return build_pairs(reference.sim, inputs.labels, ref_labels, ref_is_batch, profile, inputs.ref_self)
 
 
-def _anchor_facts(setup, comparison, i, cand_per_anchor, source, singles, outcomes) -> AnchorFacts:
+def per_anchor_is_per_proxy(setup, comparison: Comparison) -> bool:
+    """Whether the loss's per_anchor holds one value per proxy (a row of ref), not per sample: so
+    its catalog entry says ("per_anchor is per proxy"), or its length is not the batch's."""
+    reference = comparison.reference
+    if reference is None or comparison.inputs.ref is None:
+        return False
+    return setup.per_proxy or reference.per_anchor.shape[0] != comparison.inputs.m
+
+
+def _anchor_facts(setup, comparison, i, cand_per_anchor, source, singles, outcomes, per_proxy=False) -> AnchorFacts:
     reference = comparison.reference
     pairs = _pairs_of(setup, comparison, setup.profile)
     P, N = int(pairs.pos[i].sum()), int(pairs.neg[i].sum())
@@ -614,13 +650,19 @@ def _anchor_facts(setup, comparison, i, cand_per_anchor, source, singles, outcom
         if result is None:
             continue
         row_changed = not (np.array_equal(result.pos_used[i], reference.pos_used[i]) and np.array_equal(result.neg_used[i], reference.neg_used[i]))
+        used_text = f"used pairs {up}+{un} -> {int(result.pos_used[i].sum())}+{int(result.neg_used[i].sum())}"
+        if per_proxy:  # per_anchor rows are proxies: a sample has no contribution of its own
+            if row_changed:
+                rules.append(f"{v.label}: {used_text}")
+            continue
         value_changed = not tol.value_ok(result.per_anchor[i], reference.per_anchor[i])
         if row_changed or value_changed:
-            rules.append(f"{v.label}: contribution {_two(reference.per_anchor[i], result.per_anchor[i])}, "
-                         f"used pairs {up}+{un} -> {int(result.pos_used[i].sum())}+{int(result.neg_used[i].sum())}")
+            rules.append(f"{v.label}: contribution {_two(reference.per_anchor[i], result.per_anchor[i])}, {used_text}")
     label = int(comparison.inputs.labels[i])
     cand = None if cand_per_anchor is None else float(cand_per_anchor[i])
-    return AnchorFacts(i, label, P, N, up, un, status, float(reference.per_anchor[i]), cand, source, tuple(rules))
+    own = None if per_proxy else float(reference.per_anchor[i])
+    return AnchorFacts(i, label, P, N, up, un, status, own, cand, "per proxy (see worst proxy)" if per_proxy else source,
+                       tuple(rules))
 
 
 def _pair_facts(setup, comparison, pair, weights: _PairWeights, singles, outcomes) -> PairFacts:
@@ -732,17 +774,28 @@ def _format(report: MismatchReport) -> str:
             what = (f"reference {report.reference_value:.10g}, candidate {report.candidate_value:.10g}" if c.name == "value"
                     else f"max |difference| {c.difference:.3g}, max |reference| {c.reference:.3g}")
             lines.append(f"  {c.name:10s} {'ok  ' if c.ok else 'FAIL'} ratio {c.ratio:.3g}  ({what})")
-    if report.reference_per_anchor is not None and report.batch.m <= 16:
-        lines.append("per-anchor contributions, reference: " + _vector(report.reference_per_anchor))
+    x = report.worst_proxy
+    rows = "per-anchor"
+    if report.reference_per_anchor is not None and report.batch.ref is not None and (
+            x is not None or (report.worst_anchor is not None and report.worst_anchor.reference is None)):
+        rows = "per-proxy"
+    if report.reference_per_anchor is not None and len(report.reference_per_anchor) <= 16:
+        lines.append(f"{rows} contributions, reference: " + _vector(report.reference_per_anchor))
         if report.candidate_per_anchor is not None:
-            source = report.worst_anchor.candidate_source if report.worst_anchor else ""
-            lines.append(f"per-anchor contributions, candidate ({source}): " + _vector(report.candidate_per_anchor))
+            source = x.candidate_source if x is not None else report.worst_anchor.candidate_source if report.worst_anchor else ""
+            lines.append(f"{rows} contributions, candidate ({source}): " + _vector(report.candidate_per_anchor))
+    if x is not None:
+        lines.append(f"worst proxy: row {x.index} of ref (label {x.label}): contribution reference {x.reference:.6g}, "
+                     f"candidate {x.candidate:.6g} ({x.candidate_source})")
     a = report.worst_anchor
     if a is not None:
         cand = "unknown" if a.candidate is None else f"{a.candidate:.6g} ({a.candidate_source})"
         lines.append(f"worst anchor: {a.index} (label {a.label}): {a.positives} positives and {a.negatives} negatives before "
                      f"mining, {a.used_positives} + {a.used_negatives} used; {a.status}")
-        lines.append(f"  contribution: reference {a.reference:.6g}, candidate {cand}")
+        if a.reference is None:
+            lines.append("  contribution: none of its own (the loss sums per proxy)")
+        else:
+            lines.append(f"  contribution: reference {a.reference:.6g}, candidate {cand}")
         for rule in a.rules:
             lines.append(f"  changed by: {rule}")
     p = report.worst_pair

@@ -24,7 +24,7 @@ from .explain import MismatchReport, explain
 from .strategies import _KNOBS, Batch, batches as batch_strategy, make_batch
 from .tolerances import Tolerance
 
-_STRATEGY_KEYS = (*_KNOBS, "m", "d", "classes", "normalize", "boundary_eps")
+_STRATEGY_KEYS = (*_KNOBS, "m", "d", "classes", "normalize", "boundary_eps", "pk", "proxies")
 
 
 class LossMismatch(AssertionError):
@@ -192,7 +192,10 @@ def _find_failure(error: BaseException) -> _Failed | None:
 
 
 def _default_knobs(setup: Setup) -> dict:
-    return {"with_ref": False, "normalize": setup.normalize}
+    """Every edge case, m = 1 included; a sample-to-proxy loss gets one proxy per class as its reference set."""
+    if setup.entry.family == "proxy":
+        return {"proxies": 1, "m": (1, 12), "normalize": setup.normalize}
+    return {"with_ref": False, "m": (1, 12), "normalize": setup.normalize}
 
 
 def _source(setup: Setup, batches, examples: int, seed: int):
@@ -214,6 +217,10 @@ def _source(setup: Setup, batches, examples: int, seed: int):
             unknown = [k for k in batches if k not in _STRATEGY_KEYS]
             if unknown:
                 raise GpwrefError("batches", f"knobs must be among {list(_STRATEGY_KEYS)}", repr(unknown))
+            if batches.get("with_ref") is False or batches.get("ref_includes_batch") or "pk" in batches:
+                knobs.pop("proxies", None)  # the caller's own reference-set choice
+            if "pk" in batches:
+                knobs.pop("m", None)
             knobs.update(batches)
             knobs["normalize"] = setup.normalize if knobs.get("normalize") is None else knobs["normalize"]
         make_batch(np.random.default_rng(0), **knobs)  # validates the knobs now

@@ -8,7 +8,8 @@ decide):
 
 * ``singletons``: some classes have exactly one sample (anchors with no positive);
 * ``one_class``: every sample has the same label (no negative anywhere); ``False`` splits a batch
-  drawn as one class by chance into two (when m >= 2, or m >= 4 with ``singletons=False``);
+  drawn as one class by chance into two, at every m: the smallest m drawn is then raised to 2 (4
+  with ``singletons=False``, two classes of two);
 * ``ties``: all embeddings identical, so every pair is tied (S all equal);
 * ``duplicates``: some rows are exact copies of others (same or different class);
 * ``on_boundary``: a pair sits exactly on an MS mining boundary for the returned ``boundary_eps``
@@ -17,7 +18,19 @@ decide):
   the batch's own rows inside it and fills ``ref_self``.
 
 Sizes: ``m`` (batch rows), ``d`` (dimension) and ``classes`` take an int or an inclusive
-``(low, high)`` range; m = 1 is an edge case of its own (``m=1``).
+``(low, high)`` range. ``m`` defaults to ``DEFAULT_M`` = (2, 12): m = 1 is an edge case of its own
+(``m=1`` in ``Batch.cases``), drawn only when asked (``m=1`` or a range from 1, e.g. ``m=(1, 12)``);
+the low end of ``m`` is the smallest batch drawn.
+
+Two knobs fix the label structure (both leave the other knobs as they are):
+
+* ``pk=(P, K)``: a class-sorted P x K batch, P classes of K samples each, labels
+  ``[0]*K + [1]*K + ... + [P-1]*K`` (what Smooth-AP and recall@k code assume of a batch sampler);
+  P and K each an int or a (low, high) range; m and classes follow from them (do not pass those).
+* ``proxies=K``: the reference set is a proxy set: K proxies (an int >= 1) for every class of the
+  batch, ``ref_labels = [0]*K + [1]*K + ... + [C-1]*K``, and the batch's labels are renumbered
+  0..C-1 (singleton classes too); ``Batch.cases`` has "proxies" and "with_ref". For sample-to-proxy
+  losses (Proxy-Anchor, Proxy-NCA, softmax-style class weights), which the oracle draws this way.
 
 Two more knobs shape the numbers rather than the structure:
 
@@ -80,11 +93,36 @@ def _range(name: str, value, *, allow_none: bool = False) -> tuple[int, int] | N
     return lo, hi
 
 
-def _validate(m, d, classes, dtype, knobs, normalize=None, boundary_eps=None) -> None:
+DEFAULT_M = (2, 12)  # m = 1 only when asked
+
+
+def _validate(m, d, classes, dtype, knobs, normalize=None, boundary_eps=None, pk=None, proxies=None):
+    """Checks every knob; returns the m range to draw from (the smallest m raised where a knob
+    needs it) and pk as ((P low, P high), (K low, K high)) or None."""
     for name, value in knobs.items():
         if value not in (None, True, False) or isinstance(value, (int, float)) and not isinstance(value, bool):
             raise GpwrefError(name, "must be True, False or None (let the draw decide)", repr(value))
+    if pk is not None:
+        if m is not None or classes is not None:
+            raise GpwrefError("pk", "fixes the batch size and the classes (m = P K): leave m and classes unset",
+                              f"m={m!r}, classes={classes!r}")
+        if not (isinstance(pk, tuple) and len(pk) == 2):
+            raise GpwrefError("pk", "must be a (P, K) pair: P classes of K samples, each an int >= 1 or a (low, high) range", repr(pk))
+        pk = _pk_ranges(pk, knobs, boundary_eps)
+        m = (pk[0][0] * pk[1][0], pk[0][1] * pk[1][1])
+    m = DEFAULT_M if m is None else m
+    if proxies is not None:
+        if isinstance(proxies, bool) or not isinstance(proxies, (int, np.integer)) or proxies < 1:
+            raise GpwrefError("proxies", "must be None (no proxy set) or the number of proxies per class, an int >= 1", repr(proxies))
+        if knobs.get("with_ref") is False or knobs.get("ref_includes_batch"):
+            raise GpwrefError("proxies", "makes the reference set a proxy set: it cannot go with with_ref=False or ref_includes_batch=True")
     m_range, d_range = _range("m", m), _range("d", d)
+    if knobs.get("one_class") is False and pk is None:  # two classes need two rows (two of each without singletons)
+        least = 4 if knobs.get("singletons") is False else 2
+        if m_range[1] < least:
+            raise GpwrefError("m", f"must allow at least {least} rows with one_class=False"
+                              + (" and singletons=False (two classes of two)" if least == 4 else " (two classes)"), repr(m))
+        m_range = (max(least, m_range[0]), m_range[1])
     class_range = _range("classes", classes, allow_none=True)
     try:
         ok_dtype = np.dtype(dtype) in _DTYPES
@@ -105,6 +143,25 @@ def _validate(m, d, classes, dtype, knobs, normalize=None, boundary_eps=None) ->
                           "(below d = 4 the only unit dyadic rows are the 2d axis vectors, which repeat)", repr(d))
     if boundary_eps is not None:
         _validate_boundary_eps(boundary_eps, m_range, d_range, class_range, knobs, normalize)
+    return m_range, pk
+
+
+def _pk_ranges(pk, knobs, boundary_eps):
+    P, K = _range("pk", pk[0]), _range("pk", pk[1])
+    for knob, forced, ok, why in (
+            ("one_class", True, P[0] == 1, "P = 1 (one class)"), ("one_class", False, P[1] >= 2, "P >= 2"),
+            ("singletons", True, K[0] == 1, "K = 1 (every class a singleton)"), ("singletons", False, K[1] >= 2, "K >= 2")):
+        if knobs.get(knob) is forced and not ok:
+            raise GpwrefError("pk", f"{knob}={forced} needs {why}", repr(pk))
+    if knobs.get("one_class") is False:
+        P = (max(2, P[0]), P[1])
+    if knobs.get("singletons") is False:
+        K = (max(2, K[0]), K[1])
+    if boundary_eps is not None and (P[1] < 2 or K[1] < 2):
+        raise GpwrefError("pk", "boundary_eps needs an anchor with a positive and a negative: P >= 2 and K >= 2", repr(pk))
+    if boundary_eps is not None:
+        P, K = (max(2, P[0]), P[1]), (max(2, K[0]), K[1])
+    return P, K
 
 
 def _validate_boundary_eps(eps, m_range, d_range, class_range, knobs, normalize) -> None:
@@ -138,7 +195,7 @@ def _size(rng, value) -> int:
 def make_batch(
     rng: np.random.Generator,
     *,
-    m=(1, 12),
+    m=None,
     d=(2, 6),
     classes=None,
     singletons=None,
@@ -151,25 +208,30 @@ def make_batch(
     dtype=np.float64,
     normalize=None,
     boundary_eps=None,
+    pk=None,
+    proxies=None,
 ) -> Batch:
     """One batch drawn from ``rng`` (knobs: see the module docstring)."""
     knobs = dict(singletons=singletons, one_class=one_class, ties=ties, duplicates=duplicates,
                  on_boundary=on_boundary, with_ref=with_ref, ref_includes_batch=ref_includes_batch)
-    _validate(m, d, classes, dtype, knobs, normalize, boundary_eps)
+    m, pk = _validate(m, d, classes, dtype, knobs, normalize, boundary_eps, pk, proxies)
+    shape = dict(pk=pk, proxies=proxies)
     if boundary_eps is None:
-        return _draw(rng, m, d, classes, knobs, dtype, normalize, None)
+        return _draw(rng, m, d, classes, knobs, dtype, normalize, None, **shape)
     knobs["on_boundary"] = True
-    if isinstance(m, tuple):
+    if pk is None:
         m = (max(3, m[0]), m[1])
     for _ in range(_BOUNDARY_TRIES):
-        batch = _draw(rng, m, d, classes, knobs, dtype, normalize, float(boundary_eps))
+        batch = _draw(rng, m, d, classes, knobs, dtype, normalize, float(boundary_eps), **shape)
         if batch.boundary_eps is not None:
             return batch
     raise GpwrefError(  # pragma: no cover - measured: at most 254 draws (mean 34) over 500 seeds at m = 3, d = 2
         "boundary_eps", f"no batch with a pair exactly at eps={boundary_eps} was found in {_BOUNDARY_TRIES} draws; use a smaller eps or larger m")
 
 
-def _draw(rng, m, d, classes, knobs, dtype, normalize, target_eps) -> Batch:
+def _draw(rng, m, d, classes, knobs, dtype, normalize, target_eps, pk=None, proxies=None) -> Batch:
+    if pk is not None:
+        return _draw_pk(rng, pk, d, knobs, dtype, normalize, target_eps, proxies)
     m_, d_ = _size(rng, m), _size(rng, d)
     cases = []
     one_class = _pick(rng, knobs["one_class"], 0.1)
@@ -194,6 +256,19 @@ def _draw(rng, m, d, classes, knobs, dtype, normalize, target_eps) -> Batch:
             labels = _without_singletons(labels)
         if knobs["one_class"] is False and len(np.unique(labels)) == 1 and m_ >= (4 if knobs["singletons"] is False else 2):
             labels[m_ // 2:] += 1  # drawn as one class by chance: split it in two (no draw consumed)
+    return _rows(rng, m_, d_, labels, cases, knobs, dtype, normalize, target_eps, proxies)
+
+
+def _draw_pk(rng, pk, d, knobs, dtype, normalize, target_eps, proxies) -> Batch:
+    """A class-sorted P x K batch: P classes of K samples, labels 0..P-1 in blocks."""
+    P, K, d_ = _size(rng, pk[0]), _size(rng, pk[1]), _size(rng, d)
+    labels = np.repeat(np.arange(P, dtype=np.int64), K)
+    cases = ["pk"] + (["one_class"] if P == 1 else []) + (["singletons"] if K == 1 else [])
+    return _rows(rng, P * K, d_, labels, cases, knobs, dtype, normalize, target_eps, proxies)
+
+
+def _rows(rng, m_, d_, labels, cases, knobs, dtype, normalize, target_eps, proxies) -> Batch:
+    """The embeddings (and reference set) of a batch whose labels are drawn."""
     boundary = _pick(rng, knobs["on_boundary"], 0.15)
     if boundary and normalize is True and d_ < 4 and knobs["duplicates"] is False:
         boundary = False  # only 2d unit dyadic rows exist below d = 4: they would repeat
@@ -225,7 +300,21 @@ def _draw(rng, m, d, classes, knobs, dtype, normalize, target_eps) -> Batch:
         X[np.linalg.norm(X, axis=1) == 0, 0] = 1.0
 
     ref = ref_labels = ref_self = None
-    if _pick(rng, knobs["with_ref"], 0.25):
+    if proxies is not None:
+        labels = np.unique(labels, return_inverse=True)[1].astype(np.int64)  # classes 0..C-1
+        n_classes = int(labels.max()) + 1
+        ref_labels = np.repeat(np.arange(n_classes, dtype=np.int64), proxies)
+        if unit_dyadic:
+            ref = _unit_dyadic_rows(rng, len(ref_labels), d_)
+        elif boundary:
+            ref = rng.integers(-4, 5, size=(len(ref_labels), d_)) / 4.0
+        else:  # near its class's mean row, so that the class's samples are closest to it
+            means = np.stack([X[labels == c].mean(axis=0) for c in range(n_classes)])
+            ref = means[ref_labels] + 0.5 * rng.normal(size=(len(ref_labels), d_))
+        if batch_normalize and np.any(np.linalg.norm(ref, axis=1) == 0):
+            ref[np.linalg.norm(ref, axis=1) == 0, 0] = 1.0
+        cases += ["proxies", "with_ref"]
+    elif _pick(rng, knobs["with_ref"], 0.25):
         n_extra = int(rng.integers(1, 2 * m_ + 1))
         extra_labels = rng.integers(0, labels.max() + 2, size=n_extra).astype(np.int64)
         if unit_dyadic:
@@ -335,7 +424,7 @@ def _boundary_eps(X, labels, ref, ref_labels, ref_self, target: float | None = N
 
 def batches(
     *,
-    m=(1, 12),
+    m=None,
     d=(2, 6),
     classes=None,
     singletons=None,
@@ -348,6 +437,8 @@ def batches(
     dtype=np.float64,
     normalize=None,
     boundary_eps=None,
+    pk=None,
+    proxies=None,
 ):
     """Hypothesis strategy of ``Batch`` records; knobs as in ``make_batch`` (validated eagerly).
 
@@ -360,6 +451,6 @@ def batches(
     kwargs = dict(m=m, d=d, classes=classes, singletons=singletons, one_class=one_class, ties=ties,
                   duplicates=duplicates, on_boundary=on_boundary, with_ref=with_ref,
                   ref_includes_batch=ref_includes_batch, dtype=dtype, normalize=normalize,
-                  boundary_eps=boundary_eps)
-    _validate(m, d, classes, dtype, {k: kwargs[k] for k in _KNOBS}, normalize, boundary_eps)
+                  boundary_eps=boundary_eps, pk=pk, proxies=proxies)
+    _validate(m, d, classes, dtype, {k: kwargs[k] for k in _KNOBS}, normalize, boundary_eps, pk, proxies)
     return st.integers(0, 2**32 - 1).map(lambda seed: make_batch(np.random.default_rng(seed), **kwargs))
