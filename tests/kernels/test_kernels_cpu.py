@@ -58,7 +58,7 @@ def _check_agreement(batch, want, got, kwargs, loss=LOSS):
 
 @pytest.mark.parametrize("loss,profile,variant", CASES)
 @SETTINGS
-@given(batch=batches())
+@given(batch=batches(m=(1, 12)))
 def test_numba_float64_matches_reference(loss, profile, variant, batch):
     kwargs = _kwargs(batch, profile, variant, loss)
     want, got = _both(batch, kwargs, loss, backend="numba")
@@ -91,7 +91,7 @@ def _lipschitz_weights(loss, hyper):
 
 @pytest.mark.parametrize("loss,profile,variant", CASES)
 @SETTINGS
-@given(batch=batches())
+@given(batch=batches(m=(1, 12)))
 def test_numba_float32_within_policy(loss, profile, variant, batch):
     kwargs = _kwargs(batch, profile, variant, loss)
     want, got = _both(batch, kwargs, loss, backend="numba", dtype="float32")
@@ -110,7 +110,7 @@ MS_CASES = [(profile, variant) for name, profile, variant in CASES if name == LO
 
 @pytest.mark.parametrize("profile,variant", MS_CASES)
 @settings(max_examples=25, deadline=None)
-@given(batch=batches(on_boundary=True))
+@given(batch=batches(m=(1, 12), on_boundary=True))
 def test_numba_float32_exact_boundary_ties(profile, variant, batch):
     """Dyadic embeddings (multiples of 1/4, d <= 6, normalize=False): S, S +- eps and every mining
     comparison are exact in float32 too, so the mined sets must equal the reference's even for
