@@ -121,3 +121,13 @@ def test_one_pass_training_views_keep_the_stroke_contrast_of_test_views():
     np.testing.assert_array_equal(train_view(img, full, np.random.default_rng(0)), eval_view(img, full))  # the whole image: the test view
     with pytest.raises(GpwrefError, match="resample"):
         InputSpec(resample="three-pass")
+
+
+def test_the_new_flags_reach_the_settings():
+    from verification.reproduce_cub200 import build_parser, config_from_args
+
+    config = config_from_args(build_parser().parse_args(["--dataset", "omniglot", "--val-alphabets", "2", "--val-fraction", "0", "--resample", "two-pass", "--no-save-best"]))
+    assert (config.val_alphabets, config.val_fraction, config.resample, config.save_best) == (2, 0.0, "two-pass", False)
+    assert config_from_args(build_parser().parse_args(["--dataset", "omniglot"])).save_best
+    with pytest.raises(GpwrefError, match="val_alphabets"):
+        resolve("omniglot", overrides={"val_alphabets": -1})
