@@ -13,7 +13,8 @@ The loss is computed by gpwref (``verification/repro/loss_bridge.py``) and cross
 float64 and independent code every ``--crosscheck-every`` iterations. Outputs in ``--out``:
 ``results.json`` (settings, data and weight checks, per-seed curves, best-on-test / last /
 validation-selected Recall@K and MAP@R with mean and std), ``recall_curves.png``, ``log.txt`` and
-per-seed ``seed_N/`` folders with checkpoints (``--resume`` continues a stopped run).
+per-seed ``seed_N/`` folders with ``checkpoint.pt`` (``--resume`` continues a stopped run) and the
+model files ``last_model.pt`` / ``val_selected_model.pt`` (``verification.repro.train.load_model``).
 """
 
 from __future__ import annotations
@@ -89,9 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--crop", type=int, default=S)
     data.add_argument("--crop-scale", type=float, nargs=2, default=S, metavar=("LOW", "HIGH"))
     data.add_argument("--flip-prob", type=float, default=S)
+    data.add_argument("--resample", choices=["two-pass", "one-pass"], default=S, help="training views: resize-crop-resize (official, CUB default) or one bilinear pass from the original (Omniglot default)")
     data.add_argument("--classes-per-batch", type=int, default=S)
     data.add_argument("--instances", type=int, default=S)
-    data.add_argument("--val-fraction", type=float, default=S, help="fraction of training classes held out for validation-based selection")
+    data.add_argument("--val-alphabets", type=int, default=S, help="whole training alphabets held out for validation; selection uses them when > 0 (Omniglot default 1)")
+    data.add_argument("--val-fraction", type=float, default=S, help="fraction of the (other) training characters held out as a validation split (Omniglot default 0.1)")
     data.add_argument("--workers", type=int, default=S)
 
     opt = p.add_argument_group("optimisation")
@@ -122,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--tie", choices=["optimistic", "pessimistic"], default=S, help="tie rule of Recall@K / MAP@R (optimistic = the official code's)")
     ev.add_argument("--eval-batch-size", type=int, default=S)
     ev.add_argument("--checkpoint-every", type=int, default=S)
-    ev.add_argument("--save-best", action="store_true", default=S, help="also write the final model's weights")
+    ev.add_argument("--save-best", action=argparse.BooleanOptionalAction, default=S,
+                    help="keep the validation-selected weights in seed_N/val_selected_model.pt (default on; seed_N/last_model.pt is always written)")
     return p
 
 

@@ -10,8 +10,9 @@ Modules, in pipeline order:
 * ``models``      small CNN, EfficientNet-Lite0 wrapper, pooling + 512-d head + L2 norm
 * ``loss_bridge`` the loss as computed by gpwref, as a torch autograd function, and its cross-check
 * ``metrics``     Recall@K and MAP@R with the query removed by index and a stated tie rule
-* ``train``       one training run (evaluation, checkpoints, resume, results JSON, plot)
-* ``fixtures``    a generated CUB_200_2011 folder in the data set's layout (tests, dry runs)
+* ``train``       one training run (evaluation, checkpoints, resume, model files, results JSON, plot)
+* ``fixtures``    generated CUB_200_2011 and Omniglot folders in the data sets' layouts (tests, dry runs)
+* ``readme_tables`` the README's reproduction figures, generated from ``verification/results/``
 
 ``verification/reproduce_cub200.py`` is the command line (``gpwref reproduce``).
 """

@@ -116,6 +116,33 @@ def split_validation(train: ImageSet, fraction: float, seed: int = 0) -> tuple[I
     return train.subset(train_classes, train.name), train.subset(val_classes, f"{train.name}-val")
 
 
+def alphabet_of(class_name: str) -> str:
+    """The group a class belongs to: the part of its name before the first '/' (Omniglot's alphabet)."""
+    if "/" not in class_name:
+        raise GpwrefError("val_alphabets", "needs class names of the form 'alphabet/character' (Omniglot); this data set has none", repr(class_name))
+    return class_name.split("/", 1)[0]
+
+
+def split_validation_alphabets(train: ImageSet, count: int, seed: int = 0) -> tuple[ImageSet, ImageSet | None]:
+    """Hold out ``count`` whole alphabets (every character of each) as a validation split.
+
+    Like the Omniglot test split (alphabets never seen in training), unlike ``split_validation``
+    (unseen characters of seen alphabets). The alphabets are drawn with a fixed generator (``seed``).
+    """
+    if not (isinstance(count, int) and count >= 0):
+        raise GpwrefError("val_alphabets", "must be an integer >= 0", count)
+    if count == 0:
+        return train, None
+    alphabets = sorted({alphabet_of(name) for name in train.class_names})
+    if len(alphabets) - count < 1:
+        raise GpwrefError("val_alphabets", f"must leave at least 1 of the {len(alphabets)} training alphabets for training", count)
+    order = np.random.default_rng(seed).permutation(len(alphabets))
+    held_out = {alphabets[i] for i in order[:count]}
+    val_classes = [c for c, name in enumerate(train.class_names) if alphabet_of(name) in held_out]
+    train_classes = [c for c, name in enumerate(train.class_names) if alphabet_of(name) not in held_out]
+    return train.subset(train_classes, train.name), train.subset(val_classes, f"{train.name}-val-alphabets")
+
+
 # ---------------------------------------------------------------------------------------------
 # CUB-200-2011
 
@@ -329,5 +356,7 @@ __all__ = [
     "read_cub",
     "read_dataset",
     "read_omniglot",
+    "alphabet_of",
     "split_validation",
+    "split_validation_alphabets",
 ]

@@ -1,4 +1,5 @@
-"""Generated stand-ins for data a user must bring: a CUB_200_2011 folder in the data set's layout.
+"""Generated stand-ins for data a user must bring: a CUB_200_2011 folder in the data set's layout,
+and a tiny Omniglot folder (``make_omniglot_folder``) in the layout of the two background-small sets.
 
 Used by the tests (and handy to try ``gpwref reproduce --dataset cub`` without the data set):
 ``make_cub_folder(root)`` writes ``root/CUB_200_2011/`` with ``images.txt``,
@@ -51,3 +52,22 @@ def cub_counts(images_per_class=DEFAULT_SIZES) -> CubCounts:
         train_images=sum(images_per_class[:half]),
         test_images=sum(images_per_class[half:]),
     )
+
+
+def make_omniglot_folder(root, train_alphabets=("Alpha", "Beta", "Gamma"), test_alphabets=("Delta", "Epsilon"), characters: int = 4,
+                         images: int = 4, size: int = 24, seed: int = 0) -> Path:
+    """``root/images_background_small1/<alphabet>/<character>/<n>.png`` (the training alphabets) and
+    ``images_background_small2/...`` (the test alphabets): one random stroke pattern per character,
+    each drawing a jittered copy of it (ink 0 on paper 255). Read it with ``strict=False``."""
+    base = Path(root)
+    rng = np.random.default_rng(seed)
+    for set_name, alphabets in (("images_background_small1", train_alphabets), ("images_background_small2", test_alphabets)):
+        for alphabet in alphabets:
+            for c in range(characters):
+                folder = base / set_name / alphabet / f"character{c + 1:02d}"
+                folder.mkdir(parents=True)
+                pattern = rng.random((size, size)) < 0.15
+                for k in range(images):
+                    shifted = np.roll(pattern, tuple(rng.integers(-1, 2, size=2)), axis=(0, 1))
+                    Image.fromarray(np.where(shifted, 0, 255).astype(np.uint8), mode="L").save(folder / f"{c:02d}_{k:02d}.png")
+    return base

@@ -14,9 +14,21 @@ Per iteration (``it`` = updates done so far, 0-based):
 5. every ``checkpoint_every`` iterations a checkpoint (resume continues exactly: the batch stream
    and every augmentation draw are functions of (seed, iteration, position)).
 
+Validation: ``val_alphabets`` whole training alphabets held out (unseen alphabets, like the
+Omniglot test split) and/or ``val_fraction`` of the other training characters. Selection uses the
+alphabet split when there is one, else the character split; with both, the character split's
+choice is reported too (``val_characters_selected``).
+
 Reported per seed: the best test Recall@1 over all evaluations (the paper's way: selection on the
-test set), the last iteration, the iteration chosen by the validation classes' Recall@1 (ties go to
-the earliest evaluation), and the iteration-0 network. Several seeds give mean and spread.
+test set), the last iteration, the iteration chosen by the validation Recall@1 (ties go to the
+earliest evaluation), and the iteration-0 network. Several seeds give mean and spread.
+
+Every finished seed keeps its weights in ``seed_N/``: ``checkpoint.pt`` (the resume state, always
+written at the end) and model files ``last_model.pt`` and, with a validation split and
+``save_best``, ``val_selected_model.pt``. A model file is ``torch.save`` of a dict
+``{"format": MODEL_FORMAT, "selection", "seed", "iteration", "config": Config.as_dict(),
+"state_dict"}`` (tensors and plain values only: ``torch.load(weights_only=True)`` reads it);
+``load_model(path)`` rebuilds the same ``EmbeddingNet`` from it in one call.
 """
 
 from __future__ import annotations
@@ -36,8 +48,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 import gpwref
 
-from .config import Config, lr_factor
-from .data import ImageSet, SplitData, read_dataset, split_validation
+from .config import Config, lr_factor, validate
+from .data import ImageSet, SplitData, read_dataset, split_validation, split_validation_alphabets
 from .loss_bridge import BRIDGE_NOTE, GpwrefLoss, crosscheck
 from .metrics import retrieval_metrics
 from .models import EmbeddingNet, build_backbone, efficientnet_weights_path, set_bn_eval
@@ -47,7 +59,8 @@ from .transforms import InputSpec, test_view, train_view
 PAPER_CUB_512 = {"R@1": 65.7, "R@2": 77.0, "R@4": 86.3, "R@8": 91.2}
 BRIDGE_TOLERANCE = {"reference": 1e-6, "gpwref.torch": 1e-4}
 CACHE_LIMIT_BYTES = 256 * 2**20  # evaluation views of a split are kept in memory below this size
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: holds the validation-selected weights as well
+MODEL_FORMAT = "gpwref-repro-model-1"
 
 
 class Log:
@@ -163,10 +176,11 @@ class Prepared:
     spec: InputSpec
     pretrained_state: dict | None = None
     weights_report: dict | None = None
+    val_characters: ImageSet | None = None  # held-out characters when ``val`` holds out alphabets
     _cache: dict = field(default_factory=dict)
 
     def eval_views(self, which: str):
-        images = self.test if which == "test" else self.val
+        images = {"test": self.test, "val": self.val, "val_characters": self.val_characters}[which]
         if which not in self._cache:
             bytes_needed = len(images) * self.spec.channels * self.spec.crop**2 * 4
             if bytes_needed <= CACHE_LIMIT_BYTES:
@@ -186,7 +200,7 @@ def prepare(config: Config, log: Log) -> Prepared:
         split = read_dataset(config.dataset, config.data, strict=not config.allow_nonstandard_data)
     except gpwref.GpwrefError as error:
         problems.append(str(error))
-    spec = InputSpec(config.input_mode, config.resize, config.crop, tuple(config.crop_scale), flip_prob=config.flip_prob)
+    spec = InputSpec(config.input_mode, config.resize, config.crop, tuple(config.crop_scale), flip_prob=config.flip_prob, resample=config.resample)
     state, weights_report = None, None
     try:
         state, weights_report = _pretrained_state(config, spec)
@@ -194,11 +208,21 @@ def prepare(config: Config, log: Log) -> Prepared:
         problems.append(str(error))
     if problems:
         raise gpwref.GpwrefError("reproduce", "cannot start:\n  - " + "\n  - ".join(problems))
-    train, val = split_validation(split.train, config.val_fraction, config.val_split_seed)
+    train, val_alphabets = split_validation_alphabets(split.train, config.val_alphabets, config.val_split_seed)
+    train, val_characters = split_validation(train, config.val_fraction, config.val_split_seed)
+    val = val_alphabets if val_alphabets is not None else val_characters
     report = dict(split.report)
     report["train_used"] = {"classes": train.num_classes, "images": len(train)}
-    report["val"] = None if val is None else {"classes": val.num_classes, "images": len(val), "split_seed": config.val_split_seed}
-    return Prepared(config, train, val, split.test, report, spec, state, weights_report)
+    report["val"] = None if val is None else _split_report(val, "alphabets" if val_alphabets is not None else "characters", config.val_split_seed)
+    report["val_characters"] = None if val_alphabets is None or val_characters is None else _split_report(val_characters, "characters", config.val_split_seed)
+    return Prepared(config, train, val, split.test, report, spec, state, weights_report, val_characters if val_alphabets is not None else None)
+
+
+def _split_report(images: ImageSet, held_out: str, seed: int) -> dict:
+    report = {"held_out": held_out, "classes": images.num_classes, "images": len(images), "split_seed": seed}
+    if held_out == "alphabets":
+        report["alphabets"] = sorted({name.split("/", 1)[0] for name in images.class_names})
+    return report
 
 
 def _pretrained_state(config: Config, spec: InputSpec):
@@ -240,6 +264,35 @@ def build_model(prepared: Prepared, seed: int) -> EmbeddingNet:
     if prepared.pretrained_state is not None:
         backbone.load_state_dict(prepared.pretrained_state)
     return EmbeddingNet(backbone, feature_dim, config.embedding_dim, config.pooling)
+
+
+def save_model(path: Path, model: EmbeddingNet, config: Config, *, seed: int, iteration: int, selection: str, state_dict: dict | None = None) -> None:
+    """Write a model file (format in the module docstring); ``state_dict`` defaults to the model's own."""
+    state = model.state_dict() if state_dict is None else state_dict
+    _save_checkpoint(Path(path), {
+        "format": MODEL_FORMAT, "selection": selection, "seed": seed, "iteration": iteration,
+        "config": config.as_dict(), "state_dict": {k: v.detach().cpu() for k, v in state.items()},
+    })
+
+
+def load_model(path, map_location="cpu") -> EmbeddingNet:
+    """The ``EmbeddingNet`` saved in a model file, in eval mode; ``model.config`` is its ``Config``,
+    ``model.saved`` its (selection, seed, iteration). No pretrained weights file is needed."""
+    path = Path(path)
+    if not path.is_file():
+        raise gpwref.GpwrefError("path", "must be an existing model file (seed_N/last_model.pt or val_selected_model.pt)", str(path))
+    payload = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
+        raise gpwref.GpwrefError("path", f"must be a model file of format {MODEL_FORMAT}", str(path))
+    config = validate(Config(**payload["config"]))
+    spec = InputSpec(config.input_mode, config.resize, config.crop, tuple(config.crop_scale), flip_prob=config.flip_prob, resample=config.resample)
+    backbone, feature_dim = build_backbone(config.backbone, in_channels=spec.channels, image_size=config.crop)
+    model = EmbeddingNet(backbone, feature_dim, config.embedding_dim, config.pooling)
+    model.load_state_dict(payload["state_dict"])
+    model.eval()
+    model.config = config
+    model.saved = {k: payload[k] for k in ("selection", "seed", "iteration")}
+    return model
 
 
 def _device(config: Config) -> torch.device:
@@ -285,7 +338,10 @@ def _point(entry: dict | None) -> dict | None:
     if entry is None:
         return None
     test = entry["test"]
-    return {"iteration": entry["iteration"], "recall": test["recall"], "map_at_r": test["map_at_r"], "val_recall_at_1": None if entry.get("val") is None else entry["val"]["recall"][1]}
+    point = {"iteration": entry["iteration"], "recall": test["recall"], "map_at_r": test["map_at_r"], "val_recall_at_1": None if entry.get("val") is None else entry["val"]["recall"][1]}
+    if entry.get("val_characters") is not None:
+        point["val_characters_recall_at_1"] = entry["val_characters"]["recall"][1]
+    return point
 
 
 def _json_ready(value):
@@ -309,7 +365,7 @@ def _save_checkpoint(path: Path, payload: dict) -> None:
 def _int_keys(history: list[dict]) -> list[dict]:
     """JSON and checkpoints store Recall@K keys as strings; use ints in memory."""
     for entry in history:
-        for split in ("test", "val"):
+        for split in ("test", "val", "val_characters"):
             if entry.get(split):
                 entry[split]["recall"] = {int(k): v for k, v in entry[split]["recall"].items()}
     return history
@@ -335,8 +391,9 @@ def train_seed(
             return done
     if not resume and not overwrite and (ckpt_path.exists() or results_path.exists()):
         raise gpwref.GpwrefError("out", f"{out_dir} already holds a run; pass --resume to continue it or --overwrite to start again", str(out_dir))
+    last_path, best_path = out_dir / "last_model.pt", out_dir / "val_selected_model.pt"
     if not resume:
-        for stale in (ckpt_path, results_path):
+        for stale in (ckpt_path, results_path, last_path, best_path):
             stale.unlink(missing_ok=True)
 
     device = _device(config)
@@ -358,6 +415,7 @@ def train_seed(
     losses: list[float] = []
     skipped: list[dict] = []
     timing = {"train_s": 0.0, "data_s": 0.0, "loss_s": 0.0, "eval_s": 0.0, "crosscheck_s": 0.0}
+    best = {"iteration": None, "score": None, "state": None}  # the validation-selected weights so far
     start_it = 0
     if resume and ckpt_path.is_file():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
@@ -370,6 +428,7 @@ def train_seed(
         history, checks, losses, skipped = _int_keys(state["history"]), state["checks"], state["losses"], state["skipped"]
         timing = state["timing"]
         torch.set_rng_state(state["torch_rng"])
+        best = state["val_selected"]
         start_it = state["iteration"]
         log(f"seed {seed}: resumed at iteration {start_it} from {ckpt_path}")
 
@@ -388,11 +447,17 @@ def train_seed(
         t0 = time.perf_counter()
         entry = {"iteration": iteration, "test": evaluate(model, prepared, device, "test")}
         entry["val"] = evaluate(model, prepared, device, "val") if prepared.val is not None else None
+        if prepared.val_characters is not None:
+            entry["val_characters"] = evaluate(model, prepared, device, "val_characters")
         entry["seconds"] = time.perf_counter() - t0
+        if entry["val"] is not None and config.save_best and (best["score"] is None or entry["val"]["recall"][1] > best["score"]):
+            best.update(iteration=iteration, score=entry["val"]["recall"][1], state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
         timing["eval_s"] += entry["seconds"]
         history.append(entry)
         recall = entry["test"]["recall"]
         val_note = f"  val R@1 {entry['val']['recall'][1]:.4f}" if entry["val"] else ""
+        if entry.get("val_characters"):
+            val_note = f"  val R@1 alphabets {entry['val']['recall'][1]:.4f} characters {entry['val_characters']['recall'][1]:.4f}"
         bar.pause()
         log(f"seed {seed} it {iteration:5d}  test " + " ".join(f"R@{k} {recall[k]:.4f}" for k in list(recall)[:4]) + f"  MAP@R {entry['test']['map_at_r']:.4f}{val_note}  ({entry['seconds']:.1f}s)")
 
@@ -401,7 +466,7 @@ def train_seed(
             "format": CHECKPOINT_FORMAT, "training": _json_ready(config.training_dict()), "seed": seed, "iteration": iteration,
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None,
             "history": _json_ready(history), "checks": _json_ready(checks), "losses": losses, "skipped": skipped, "timing": timing,
-            "torch_rng": torch.get_rng_state(),
+            "torch_rng": torch.get_rng_state(), "val_selected": best,
         })
 
     iteration = start_it
@@ -485,8 +550,12 @@ def train_seed(
         if config.checkpoint_every and iteration % config.checkpoint_every == 0 and iteration < config.iterations:
             save(iteration)
 
-    if config.save_best:
-        torch.save(model.state_dict(), out_dir / "last_model.pt")
+    save(config.iterations)  # the final state is always kept, whatever checkpoint_every
+    save_model(last_path, model, config, seed=seed, iteration=config.iterations, selection="last")
+    model_files = {"last": last_path.name}
+    if best["state"] is not None:
+        save_model(best_path, model, config, seed=seed, iteration=best["iteration"], selection="val_selected", state_dict=best["state"])
+        model_files["val_selected"] = best_path.name
     results = {
         "seed": seed,
         "complete": True,
@@ -499,6 +568,8 @@ def train_seed(
         "best_on_test": _point(_select(history, lambda h: h["test"]["recall"][1])),
         "last": _point(history[-1]),
         "val_selected": _point(_select(history, lambda h: None if h.get("val") is None else h["val"]["recall"][1])),
+        "val_characters_selected": _point(_select(history, lambda h: None if h.get("val_characters") is None else h["val_characters"]["recall"][1])),
+        "model_files": model_files,
         "timing": {**timing, "ms_per_iteration": 1000 * timing["train_s"] / max(1, len(losses)), "ms_loss_per_iteration": 1000 * timing["loss_s"] / max(1, len(losses))},
         "losses": losses,
         "skipped_batches": skipped,
@@ -508,8 +579,6 @@ def train_seed(
     if skipped:
         log(f"WARNING seed {seed}: the loss refused {len(skipped)} of {config.iterations} batches (no update for them); see skipped_batches")
     results_path.write_text(json.dumps(_json_ready(results), indent=1))
-    if ckpt_path.exists():
-        save(config.iterations)
     return results
 
 
@@ -556,7 +625,7 @@ def _stats(values: list[float]) -> dict:
 
 def aggregate(per_seed: list[dict], ks) -> dict:
     out = {}
-    for selection in ("best_on_test", "last", "val_selected", "untrained"):
+    for selection in ("best_on_test", "last", "val_selected", "val_characters_selected", "untrained"):
         points = [r[selection] for r in per_seed if r.get(selection)]
         if len(points) != len(per_seed):
             out[selection] = None
@@ -590,16 +659,20 @@ def format_table(summary: dict, ks=(1, 2, 4, 8)) -> str:
     agg = summary["aggregate"]
     seeds = summary["seeds"]
     lines = [f"Recall@K on the test split, mean ± std over seeds {seeds}:", ""]
-    header = f"{'selection':22s}" + "".join(f"{'R@' + str(k):>16s}" for k in ks) + f"{'MAP@R':>16s}  iterations"
+    header = f"{'selection':26s}" + "".join(f"{'R@' + str(k):>16s}" for k in ks) + f"{'MAP@R':>16s}  iterations"
     lines.append(header)
-    names = {"best_on_test": "best-on-test (paper)", "last": "last iteration", "val_selected": "validation-selected", "untrained": "iteration 0"}
+    val = summary.get("data", {}).get("val") or {}
+    names = {"best_on_test": "best-on-test (paper)", "last": "last iteration", "val_selected": f"val-selected ({val.get('held_out', 'characters')})",
+             "val_characters_selected": "val-selected (characters)", "untrained": "iteration 0"}
     for key, label in names.items():
         row = agg.get(key)
+        if row is None and key == "val_characters_selected":
+            continue
         if row is None:
-            lines.append(f"{label:22s}  (no validation split: --val-fraction 0)" if key == "val_selected" else f"{label:22s}  -")
+            lines.append(f"{label:26s}  (no validation split: --val-alphabets 0, --val-fraction 0)" if key == "val_selected" else f"{label:26s}  -")
             continue
         cells = "".join(f"{100 * row[f'R@{k}']['mean']:9.2f} ± {100 * row[f'R@{k}']['std']:4.2f}" for k in ks)
-        lines.append(f"{label:22s}{cells}{100 * row['MAP@R']['mean']:9.2f} ± {100 * row['MAP@R']['std']:4.2f}  {row['iteration']}")
+        lines.append(f"{label:26s}{cells}{100 * row['MAP@R']['mean']:9.2f} ± {100 * row['MAP@R']['std']:4.2f}  {row['iteration']}")
     return "\n".join(lines)
 
 
