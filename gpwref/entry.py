@@ -51,7 +51,7 @@ def _plain_scalar(value):
     if getattr(value, "ndim", None) != 0 or not callable(getattr(value, "item", None)):
         return REFUSED
     item = value.item()
-    if isinstance(item, bool) or type(item) not in (int, float):
+    if type(item) not in (int, float):  # bool, complex, ... items are not numbers
         return REFUSED
     return item
 
