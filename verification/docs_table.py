@@ -78,10 +78,6 @@ def generate() -> str:
                 verified_against(entry),
             )) + " |"
         )
-    experimental = [(entry.name, entry.status) for entry in CATALOG if entry.status != "verified"]
-    if experimental:
-        lines += ["", "## Experimental entries (not every proof passes yet; skipped by the templates and `gpwref verify`)", ""]
-        lines += [f"- **{name}**: {_cell(status)}" for name, status in experimental]
     limits = [(entry.name, entry.limits) for entry in CATALOG if entry.limits]
     if limits:
         lines += ["", "## Known limits", ""]

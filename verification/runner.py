@@ -37,11 +37,9 @@ SCHEDULE = (
 )
 
 
-def rows(losses=None, profiles=None, include_experimental=False):
+def rows(losses=None, profiles=None):
     for entry in gpwref.CATALOG:
         if losses and entry.name not in losses:
-            continue
-        if entry.status != "verified" and not (include_experimental or losses):
             continue
         for profile in entry.defaults:
             if profiles and profile not in profiles:
@@ -103,12 +101,10 @@ def main(argv=None) -> int:
     parser.add_argument("--loss", nargs="*", help="only these losses")
     parser.add_argument("--profile", nargs="*", help="only these profiles")
     parser.add_argument("--no-fd", action="store_true", help="skip finite differences (faster)")
-    parser.add_argument("--experimental", action="store_true", help="also run entries whose status is experimental")
     args = parser.parse_args(argv)
     for name in args.loss or ():
         gpwref.get_entry(name)
-    all_rows = list(rows(args.loss, args.profile, args.experimental))
-    experimental = [e.name for e in gpwref.CATALOG if e.status != "verified" and not args.experimental and not args.loss]
+    all_rows = list(rows(args.loss, args.profile))
     header = ["loss", "profile", "variant", "checks", *GROUPS, "result"]
     table, any_failure, details = [], False, []
     start = time.time()
@@ -131,8 +127,6 @@ def main(argv=None) -> int:
     print("worst normwise relative error per check group; tolerances: " + ", ".join(f"{g} {TOLERANCES[g]:g}" for g in GROUPS))
     print(f"{len(table)} rows, {sum(r[-1] == 'pass' for r in table)} passed, {sum(r[-1] != 'pass' for r in table)} failed, "
           f"seed {args.seed}, {args.batches} batches per row, {time.time() - start:.0f}s")
-    if experimental:
-        print(f"not run (status experimental, see docs/catalog.md; --experimental runs them): {', '.join(experimental)}")
     for line in details:
         print("FAIL " + line)
     return 1 if any_failure else 0

@@ -42,6 +42,7 @@ import math
 
 import numpy as np
 
+from ..entry import LossEntry, boolean, number
 from ..errors import GpwrefError
 from ..pairs import PairResult, Pairs
 from ..profiles import Profile
@@ -84,3 +85,24 @@ def value_and_grad(S: np.ndarray, pairs: Pairs, profile: Profile, *, scale: floa
     z = np.where(pos, scale * psi, scale * S)
     dz_dS = np.where(pos, scale * np.where(np.isfinite(slope), slope, 0.0), scale)
     return softmax_over_proxies(z, dz_dS, pos, pairs.neg)
+
+
+ENTRY = LossEntry(
+    name="arcface",
+    function=value_and_grad,
+    hyper={
+        "scale": number(above=0),
+        "margin": number(at_least=0, below=math.pi, noun="an angle in radians"),
+        "monotone_fix": boolean(),
+    },
+    defaults={
+        "paper": {"scale": 64.0, "margin": 0.5, "monotone_fix": True},
+        "pml": {"scale": 64.0, "margin": math.radians(28.6), "monotone_fix": True},
+    },
+    reference="Deng, Guo, Xue, Zafeiriou. ArcFace: Additive Angular Margin Loss for Deep Face Recognition. CVPR 2019",
+    similarities=("self", "negative-relative"),
+    supports_ref=True,
+    limits="sample-to-proxy: ref IS the class weights (ref_labels = their classes) and is required; "
+    "raises where a positive pair has S = 1 exactly (infinite gradient at theta = 0); psi jumps at theta = pi - margin",
+    family="proxy",
+)

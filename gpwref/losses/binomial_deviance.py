@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..entry import LossEntry, number
 from ..pairs import PairResult, Pairs
 from ..profiles import Profile
 
@@ -59,3 +60,16 @@ def value_and_grad(S: np.ndarray, pairs: Pairs, profile: Profile, *, alpha: floa
         pos_used=pos.copy(),
         neg_used=neg.copy(),
     )
+
+
+ENTRY = LossEntry(
+    name="binomial_deviance",
+    function=value_and_grad,
+    hyper={"alpha": number(above=0), "beta": number(above=0), "lam": number()},
+    defaults={"paper": {"alpha": 2.0, "beta": 40.0, "lam": 0.5}},
+    reference="Yi, Lei, Liao, Li. Deep Metric Learning for Person Re-Identification. ICPR 2014; "
+    "GPW form: Wang et al. CVPR 2019",
+    similarities=("self",),
+    limits="paper profile only: pytorch-metric-learning (2.x) has no binomial deviance loss; the first MS "
+    "author's code (DeepMetric-XW Binomial.py) differs in its self rule (S < 1) and skips anchors without negatives",
+)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..entry import LossEntry, one_of
 from ..pairs import PairResult, Pairs
 from ..profiles import Profile
 from . import ranknet
@@ -38,3 +39,16 @@ from . import ranknet
 
 def value_and_grad(S: np.ndarray, pairs: Pairs, profile: Profile, *, reduction: str) -> PairResult:
     return ranknet.value_and_grad(S, pairs, profile, sigma=1.0, reduction=reduction)
+
+
+ENTRY = LossEntry(
+    name="bpr",
+    function=value_and_grad,
+    hyper={"reduction": one_of("sum", "mean", "mean_nonzero")},
+    defaults={"paper": {"reduction": "sum"}},
+    reference="Rendle, Freudenthaler, Gantner, Schmidt-Thieme. BPR: Bayesian Personalized Ranking from Implicit Feedback. UAI 2009",
+    similarities=("positive-relative",),
+    variants=({}, {"reduction": "mean"}),
+    limits="the L2 regulariser of BPR-Opt acts on model parameters and is not part of the pair loss",
+    family="ranking",
+)

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..entry import LossEntry, boolean, number, one_of, optional
 from ..pairs import PairResult, Pairs, masked_lse, zero_by_pair_count
 from ..profiles import Profile
 
@@ -112,3 +113,27 @@ def value_and_grad(
         pos_used=pos_used,
         neg_used=neg_used,
     )
+
+
+ENTRY = LossEntry(
+    name="circle",
+    function=value_and_grad,
+    hyper={
+        "m": number(at_least=0),
+        "gamma": number(above=0),
+        "reduction": one_of("mean", "avg_nonzero"),
+        "detach_factors": boolean(),
+        "softplus_threshold": optional(number(), "exact softplus"),
+    },
+    defaults={
+        "paper": {"m": 0.4, "gamma": 80.0, "reduction": "mean", "detach_factors": True, "softplus_threshold": None},
+        "pml": {"m": 0.4, "gamma": 80.0, "reduction": "avg_nonzero", "detach_factors": True, "softplus_threshold": 20.0},
+    },
+    reference="Sun, Cheng, Zhang, Zhang, Zheng, Wang, Wei. Circle Loss: A Unified Perspective of Pair Similarity "
+    "Optimization. CVPR 2020",
+    similarities=("self", "negative-relative"),
+    variants=({}, {"reduction": "mean", "softplus_threshold": 20.0}, {"m": 0.25, "gamma": 128.0}),
+    limits="G is the published gradient with the factors a_ij detached (not the derivative of the value; "
+    "detach_factors=False gives that, and it breaks the GPW sign rule); TinyZeaMays' batch-pooled single "
+    "term is not modelled",
+)

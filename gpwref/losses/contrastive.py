@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..entry import LossEntry, number, one_of, optional
 from ..errors import GpwrefError
 from ..pairs import PairResult, Pairs, zero_by_pair_count
 from ..profiles import Profile
@@ -155,3 +156,29 @@ def value_and_grad(
         neg_used=neg_counted,
         extras={"active_pos_pairs": int(pos_counted.sum()), "active_neg_pairs": int(neg_counted.sum())},
     )
+
+
+ENTRY = LossEntry(
+    name="contrastive",
+    function=value_and_grad,
+    hyper={
+        "distance": one_of("cosine", "euclidean"),
+        "pos_margin": optional(number(), "no hinge on positives"),
+        "neg_margin": number(),
+        "reduction": one_of("anchor_sum", "avg_nonzero"),
+    },
+    defaults={
+        "paper": {"distance": "cosine", "pos_margin": None, "neg_margin": 0.5, "reduction": "anchor_sum"},
+        "pml": {"distance": "euclidean", "pos_margin": 0.0, "neg_margin": 1.0, "reduction": "avg_nonzero"},
+    },
+    reference="Hadsell, Chopra, LeCun. Dimensionality Reduction by Learning an Invariant Mapping. CVPR 2006; "
+    "similarity form: Wang et al. CVPR 2019 (MS paper)",
+    similarities=("self",),
+    variants=(
+        {},
+        {"distance": "cosine", "pos_margin": 1.0, "neg_margin": 0.5, "reduction": "avg_nonzero"},
+        {"distance": "euclidean", "pos_margin": 0.0, "neg_margin": 1.0, "reduction": "anchor_sum"},
+    ),
+    limits="Hadsell's squared terms are not modelled (unsquared hinges only, as PML and the MS paper); "
+    "euclidean distances are computed from S, so pairs with 2 - 2S <= 1e-12 count as duplicates (d = 0)",
+)

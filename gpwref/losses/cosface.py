@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..entry import LossEntry, number
 from ..pairs import PairResult, Pairs
 from ..profiles import Profile
 from .normalized_softmax import softmax_over_proxies
@@ -30,3 +31,16 @@ def value_and_grad(S: np.ndarray, pairs: Pairs, profile: Profile, *, scale: floa
     require_proxies(pairs, "cosface")
     z = scale * (S - margin * pairs.pos)
     return softmax_over_proxies(z, np.full(S.shape, float(scale)), pairs.pos, pairs.neg)
+
+
+ENTRY = LossEntry(
+    name="cosface",
+    function=value_and_grad,
+    hyper={"scale": number(above=0), "margin": number()},
+    defaults={"paper": {"scale": 64.0, "margin": 0.35}, "pml": {"scale": 64.0, "margin": 0.35}},
+    reference="Wang, Wang, Zhou, Ji, Gong, Zhou, Li, Liu. CosFace: Large Margin Cosine Loss for Deep Face Recognition. CVPR 2018",
+    similarities=("self", "negative-relative"),
+    supports_ref=True,
+    limits="sample-to-proxy: ref IS the class weights (ref_labels = their classes) and is required",
+    family="proxy",
+)

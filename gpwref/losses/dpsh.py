@@ -36,6 +36,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import expit
 
+from ..entry import LossEntry, one_of
 from ..pairs import PairResult, Pairs
 from ..profiles import Profile
 
@@ -55,3 +56,16 @@ def value_and_grad(S: np.ndarray, pairs: Pairs, profile: Profile, *, reduction: 
         pos_used=pairs.pos.copy(),
         neg_used=pairs.neg.copy(),
     )
+
+
+ENTRY = LossEntry(
+    name="dpsh",
+    function=value_and_grad,
+    hyper={"reduction": one_of("sum", "mean")},
+    defaults={"paper": {"reduction": "sum"}},
+    reference="Li, Wang, Kang. Feature Learning based Deep Supervised Hashing with Pairwise Labels. IJCAI 2016",
+    similarities=("self",),
+    variants=({}, {"reduction": "mean"}),
+    limits="raw codes (normalize=False) are the paper's setting; the quantisation term is not a pair term",
+    family="pair",
+)

@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..entry import LossEntry, integer, one_of
 from ..pairs import PairResult, Pairs
 from ..profiles import Profile
 
@@ -150,3 +151,19 @@ def value_and_grad(S: np.ndarray, pairs: Pairs, profile: Profile, *, num_bins: i
         neg_used=neg & used,
         extras={"official_backward_scale": n_alive / 2.0},
     )
+
+
+ENTRY = LossEntry(
+    name="fast_ap",
+    function=value_and_grad,
+    hyper={"num_bins": integer(at_least=1), "kink_slope": one_of("zero", "left")},
+    defaults={"paper": {"num_bins": 10, "kink_slope": "zero"}, "pml": {"num_bins": 10, "kink_slope": "zero"}},
+    reference="Cakir, He, Xia, Kulis, Sclaroff. Deep Metric Learning to Rank. CVPR 2019",
+    similarities=("self", "negative-relative", "positive-relative"),
+    gpw_sign=False,
+    supports_ref=True,
+    variants=({}, {"kink_slope": "left"}),
+    limits="histogram kernels are piecewise linear: kinks at bin centres and feet follow kink_slope; "
+    "extras['official_backward_scale'] = N'/2 is the official backward's extra factor",
+    family="ranking",
+)

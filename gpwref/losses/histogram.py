@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..entry import LossEntry, integer, one_of
 from ..errors import GpwrefError, check_memory
 from ..pairs import PairResult, Pairs
 from ..profiles import Profile
@@ -158,3 +159,25 @@ def value_and_grad(S: np.ndarray, pairs: Pairs, profile: Profile, *, n_bins: int
         pos_used=pos_used,
         neg_used=neg_used,
     )
+
+
+ENTRY = LossEntry(
+    name="histogram",
+    function=value_and_grad,
+    hyper={
+        "n_bins": integer(at_least=1),
+        "pair_rule": one_of("all", "triplets"),
+        "node_precision": one_of("float64", "float32"),
+    },
+    defaults={
+        "paper": {"n_bins": 100, "pair_rule": "all", "node_precision": "float64"},
+        "pml": {"n_bins": 100, "pair_rule": "triplets", "node_precision": "float32"},
+    },
+    reference="Ustinova, Lempitsky. Learning Deep Embeddings with Histogram Loss. NeurIPS 2016 "
+    "(discretisation as pytorch-metric-learning HistogramLoss)",
+    similarities=("positive-relative",),
+    variants=({}, {"n_bins": 4}),
+    limits="G is piecewise constant and jumps at the nodes (a pair on a node takes the bin starting there); "
+    "under node_precision='float32' (PML) L itself jumps by ~1e-6 relative at the nodes; pair similarities "
+    "must lie in [-1, 1] (cosines); s = 1 lies in the last bin (PML crashes there)",
+)

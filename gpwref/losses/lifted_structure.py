@@ -72,6 +72,7 @@ from typing import Mapping
 
 import numpy as np
 
+from ..entry import LossEntry, number, one_of, per_form
 from ..pairs import PairResult, Pairs, masked_lse, zero_by_pair_count
 from ..profiles import Profile
 
@@ -83,13 +84,6 @@ DUPLICATE_GAP = 1e-12  # 2 - 2S at or below this: a duplicate pair, D = 0 with z
 def for_form(value, form: str):
     """A hyper-parameter given per form (a mapping) or for every form (a plain value)."""
     return value[form] if isinstance(value, Mapping) else value
-
-
-def is_per_form(value, valid) -> bool:
-    """``valid(value)``, or a mapping with exactly the keys of FORMS whose values are all valid."""
-    if isinstance(value, Mapping):
-        return set(value) == set(FORMS) and all(valid(v) for v in value.values())
-    return valid(value)
 
 
 def unit_sphere_distance(S: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -184,3 +178,34 @@ def _generalized(z_pos, z_neg, phi, pos, neg, empty_lse: str) -> PairResult:
         pos_used=pos_used,
         neg_used=neg_used,
     )
+
+
+ENTRY = LossEntry(
+    name="lifted_structure",
+    function=value_and_grad,
+    hyper={
+        "form": one_of(*FORMS),
+        "distance": per_form(one_of(*DISTANCES), FORMS),
+        "pos_margin": per_form(number(), FORMS),
+        "neg_margin": per_form(number(), FORMS),
+    },
+    defaults={
+        "paper": {
+            "form": "song",
+            "distance": {"song": "euclidean", "generalized": "cosine"},
+            "pos_margin": {"song": 0.0, "generalized": 1.0},
+            "neg_margin": {"song": 1.0, "generalized": 0.0},
+        },
+        "pml": {"form": "song", "distance": "euclidean", "pos_margin": 0.0, "neg_margin": 1.0},
+    },
+    reference="Song, Xiang, Jegelka, Savarese. Deep Metric Learning via Lifted Structured Feature Embedding. "
+    "CVPR 2016; generalized: Hermans, Beyer, Leibe. In Defense of the Triplet Loss. arXiv 2017, and the MS "
+    "paper's form (Wang et al. CVPR 2019)",
+    similarities=("self", "negative-relative"),
+    supports_ref=False,
+    variants=({"form": "song"}, {"form": "generalized"}),
+    limits="batch only: Song's J_ij uses the negatives of the positive j as an anchor, which a reference item "
+    "does not have (the generalized form shares the entry); song weights use self (D_ap) and negative-relative "
+    "similarity, generalized only negative-relative; euclidean distances come from S, so pairs with "
+    "2 - 2S <= 1e-12 are duplicates (D = 0, zero weight)",
+)

@@ -50,8 +50,9 @@ from itertools import combinations
 
 import numpy as np
 
+from ..entry import LossEntry, integer, number
 from ..errors import GpwrefError, as_float_matrix, check_memory
-from ..pairs import PairResult, Pairs, grad_embeddings, unit_rows
+from ..pairs import PairResult, Pairs, unit_rows
 from ..profiles import Profile
 
 MAX_TENSOR_ENTRIES = 4_000_000
@@ -304,3 +305,16 @@ def value_and_grad(S: np.ndarray, pairs: Pairs, profile: Profile, *, eps: float,
             "potentials": (transport.potentials[0], transport.potentials[1][np.argsort(match)]),
         },
     )
+
+
+ENTRY = LossEntry(
+    name="m3g",
+    function=value_and_grad,
+    hyper={"eps": number(above=0), "tol": number(above=0), "max_iter": integer(at_least=1)},
+    defaults={"paper": {"eps": 0.1, "tol": 1e-13, "max_iter": 1000}},
+    reference="Piran, Klein, Thornton, Cuturi. Contrasting Multiple Representations with the Multi-Marginal Matching Gap. ICML 2024",
+    similarities=("negative-relative",),
+    variants=({}, {"eps": 0.5}),
+    limits="two views in the catalog frame (second view as ref, item ids once per view); k views via gpwref.losses.m3g.matching_gap (n^k memory); fixed eps",
+    family="other",
+)

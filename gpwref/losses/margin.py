@@ -46,6 +46,7 @@ from typing import Mapping
 
 import numpy as np
 
+from ..entry import LossEntry, either, integer, non_empty_mapping, number, one_of
 from ..errors import GpwrefError
 from ..pairs import PairResult, Pairs
 from ..profiles import Profile
@@ -133,3 +134,28 @@ def value_and_grad(
         neg_used=neg_active,
         extras={"grad_beta": grad_beta},
     )
+
+
+ENTRY = LossEntry(
+    name="margin",
+    function=value_and_grad,
+    hyper={
+        "margin": number(at_least=0),
+        "beta": either(
+            number(),
+            non_empty_mapping(integer(), number(), "a non-empty {class id (int): finite number} mapping (per-class betas)"),
+        ),
+        "nu": number(at_least=0),
+        "pairing": one_of("pairs", "triplets"),
+        "dist_eps": number(at_least=0),
+    },
+    defaults={
+        "paper": {"margin": 0.2, "beta": 1.2, "nu": 0.0, "pairing": "pairs", "dist_eps": 0.0},
+        "pml": {"margin": 0.2, "beta": 1.2, "nu": 0.0, "pairing": "triplets", "dist_eps": 0.0},
+    },
+    reference="Wu, Manmatha, Smola, Kraehenbuehl. Sampling Matters in Deep Embedding Learning. ICCV 2017",
+    similarities=("self",),
+    variants=({}, {"nu": 0.1}, {"pairing": "triplets", "nu": 0.05}, {"pairing": "pairs", "dist_eps": 1e-8}),
+    limits="extras['grad_beta'] = dL/dbeta (global or per class); the paper's distance-weighted sampling and the "
+    "official codes' one sampled triplet per anchor are random miners and are not modelled",
+)

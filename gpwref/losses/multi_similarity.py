@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..entry import LossEntry, number, optional
 from ..pairs import PairResult, Pairs, masked_lse, zero_by_pair_count
 from ..profiles import Profile
 
@@ -75,3 +76,19 @@ def value_and_grad(S: np.ndarray, pairs: Pairs, profile: Profile, *, alpha: floa
         pos_used=keep_pos,
         neg_used=keep_neg,
     )
+
+
+ENTRY = LossEntry(
+    name="multi_similarity",
+    function=value_and_grad,
+    hyper={"alpha": number(above=0), "beta": number(above=0), "lam": number(), "eps": optional(number(at_least=0), "no mining")},
+    defaults={
+        "paper": {"alpha": 2.0, "beta": 50.0, "lam": 0.5, "eps": 0.1},
+        "official": {"alpha": 2.0, "beta": 40.0, "lam": 0.5, "eps": 0.1},
+        "pml": {"alpha": 2.0, "beta": 50.0, "lam": 0.5, "eps": None},
+    },
+    reference="Wang, Han, Huang, Dong, Scott. Multi-Similarity Loss with General Pair Weighting for Deep Metric Learning. CVPR 2019",
+    similarities=("self", "negative-relative", "positive-relative"),
+    variants=({}, {"eps": None}),
+    boundary_param="eps",
+)

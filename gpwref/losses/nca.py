@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..entry import LossEntry, boolean, number, one_of
 from ..pairs import PairResult, Pairs, masked_lse
 from ..profiles import Profile
 
@@ -67,3 +68,23 @@ def value_and_grad(S: np.ndarray, pairs: Pairs, profile: Profile, *, softmax_sca
         pos_used=pos_used,
         neg_used=neg_used,
     )
+
+
+ENTRY = LossEntry(
+    name="nca",
+    function=value_and_grad,
+    hyper={
+        "softmax_scale": number(above=0),
+        "objective": one_of("log", "expected"),
+        "zero_if_single_row": boolean(),
+    },
+    defaults={
+        "paper": {"softmax_scale": 1.0, "objective": "expected", "zero_if_single_row": False},
+        "pml": {"softmax_scale": 1.0, "objective": "log", "zero_if_single_row": True},
+    },
+    reference="Goldberger, Roweis, Hinton, Salakhutdinov. Neighbourhood Components Analysis. NIPS 2004",
+    similarities=("self", "negative-relative"),
+    variants=({}, {"objective": "log"}, {"softmax_scale": 16.0}),
+    limits="PML drops an anchor whose q_i underflows to 0 (softmax_scale above ~186); gpwref keeps it "
+    "(log q_i by log-sum-exp)",
+)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..entry import LossEntry, number
 from ..pairs import PairResult, Pairs, masked_lse
 from ..profiles import Profile
 from .proxy_anchor import require_proxies
@@ -79,3 +80,16 @@ def softmax_over_proxies(
 def value_and_grad(S: np.ndarray, pairs: Pairs, profile: Profile, *, temperature: float) -> PairResult:
     require_proxies(pairs, "normalized_softmax")
     return softmax_over_proxies(S / temperature, np.full(S.shape, 1.0 / temperature), pairs.pos, pairs.neg)
+
+
+ENTRY = LossEntry(
+    name="normalized_softmax",
+    function=value_and_grad,
+    hyper={"temperature": number(above=0)},
+    defaults={"paper": {"temperature": 0.05}, "pml": {"temperature": 0.05}},
+    reference="Zhai, Wu. Classification is a Strong Baseline for Deep Metric Learning. BMVC 2019",
+    similarities=("self", "negative-relative"),
+    supports_ref=True,
+    limits="sample-to-proxy: ref IS the class weights/proxies (ref_labels = their classes) and is required",
+    family="proxy",
+)

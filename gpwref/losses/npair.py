@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..entry import LossEntry
 from ..pairs import PairResult, Pairs
 from ..profiles import Profile
 
@@ -75,3 +76,18 @@ def value_and_grad(S: np.ndarray, pairs: Pairs, profile: Profile) -> PairResult:
         pos_used=pos_used,
         neg_used=neg_used,
     )
+
+
+ENTRY = LossEntry(
+    name="npair",
+    function=value_and_grad,
+    hyper={},
+    defaults={"paper": {}, "pml": {}},
+    reference="Sohn. Improved Deep Metric Learning with Multi-class N-pair Loss Objective. NeurIPS 2016 "
+    "(pair choice and cosines as pytorch-metric-learning NPairsLoss)",
+    similarities=("negative-relative",),
+    supports_ref=False,
+    limits="batch only: one (anchor, positive) pair per class is chosen inside the batch and each chosen "
+    "positive is every other anchor's negative; Sohn's L2 regulariser acts on raw embedding norms, not on S, "
+    "and is left to the caller",
+)

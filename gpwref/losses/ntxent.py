@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..entry import LossEntry, boolean, number, one_of
 from ..pairs import PairResult, Pairs, masked_lse, anchors_with_positives
 from ..profiles import Profile
 from .circle import sigmoid, softplus
@@ -76,3 +77,25 @@ def value_and_grad(
         pos_used=pos_used,
         neg_used=neg_used,
     )
+
+
+ENTRY = LossEntry(
+    name="ntxent",
+    function=value_and_grad,
+    hyper={
+        "temperature": number(above=0),
+        "denominator": one_of("all", "positive_and_negatives"),
+        "require_both_kinds": boolean(),
+    },
+    defaults={
+        "paper": {"temperature": 0.1, "denominator": "all", "require_both_kinds": False},
+        "pml": {"temperature": 0.07, "denominator": "positive_and_negatives", "require_both_kinds": True},
+    },
+    reference="Oord, Li, Vinyals. Representation Learning with Contrastive Predictive Coding. arXiv 2018; "
+    "Chen, Kornblith, Norouzi, Hinton. A Simple Framework for Contrastive Learning of Visual Representations. ICML 2020",
+    similarities=("self", "negative-relative"),
+    gpw_sign=False,
+    variants=({}, {"denominator": "positive_and_negatives"}, {"denominator": "all"}),
+    limits="denominator='all' is not GPW-signed when an anchor has several positives; PML's + finfo.tiny "
+    "inside the log is not modelled (it matters only for softmax shares below 2.2e-308)",
+)

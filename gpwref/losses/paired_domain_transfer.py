@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..entry import LossEntry, number, optional
 from ..pairs import PairResult, Pairs
 from ..profiles import Profile
 
@@ -55,3 +56,16 @@ def value_and_grad(S: np.ndarray, pairs: Pairs, profile: Profile, *, margin: flo
         pos_used=pairs.pos.copy(),
         neg_used=neg_used,
     )
+
+
+ENTRY = LossEntry(
+    name="paired_domain_transfer",
+    function=value_and_grad,
+    hyper={"margin": optional(number(), "pull only")},
+    defaults={"paper": {"margin": None}},
+    reference="Gupta, Hoffman, Malik. Cross Modal Distillation for Supervision Transfer. CVPR 2016 (paired-embedding L2 transfer, on unit rows)",
+    similarities=("self",),
+    variants=({}, {"margin": 0.3}),
+    limits="unit rows: the raw-feature L2 of the paper is not a function of S; labels are pair ids",
+    family="pair",
+)

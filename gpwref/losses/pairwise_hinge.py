@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..entry import LossEntry, number, one_of
 from ..pairs import PairResult, Pairs
 from ..profiles import Profile
 from .ranknet import triples
@@ -41,3 +42,19 @@ def value_and_grad(S: np.ndarray, pairs: Pairs, profile: Profile, *, margin: flo
         slope=lambda gap: (gap + margin > 0).astype(np.float64),
         reduction=reduction,
     )
+
+
+ENTRY = LossEntry(
+    name="pairwise_hinge",
+    function=value_and_grad,
+    hyper={"margin": number(at_least=0), "reduction": one_of("mean", "mean_nonzero", "sum")},
+    defaults={
+        "paper": {"margin": 1.0, "reduction": "mean"},
+        "pml": {"margin": 0.05, "reduction": "mean_nonzero"},
+    },
+    reference="Herbrich, Graepel, Obermayer. Large Margin Rank Boundaries for Ordinal Regression. 2000; Joachims. Optimizing Search Engines using Clickthrough Data. KDD 2002",
+    similarities=("positive-relative",),
+    variants=({}, {"margin": 0.1}, {"margin": 0.1, "reduction": "mean_nonzero"}),
+    boundary_param="margin",
+    family="ranking",
+)

@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..entry import LossEntry, number
 from ..errors import GpwrefError
 from ..pairs import PairResult, Pairs, masked_lse
 from ..profiles import Profile
@@ -99,3 +100,18 @@ def value_and_grad(S: np.ndarray, pairs: Pairs, profile: Profile, *, lam: float)
         pos_used=pairs.pos.copy(),
         neg_used=pairs.neg.copy(),
     )
+
+
+ENTRY = LossEntry(
+    name="pce_bound",
+    function=value_and_grad,
+    hyper={"lam": number(above=0)},
+    defaults={"paper": {"lam": 1.0}},
+    reference="Boudiaf, Rony, Ziko, Granger, Pedersoli, Piantanida, Ben Ayed. A unifying mutual information view of metric learning: cross-entropy vs. pairwise losses. ECCV 2020",
+    similarities=("self", "negative-relative"),
+    gpw_sign=False,
+    supports_ref=False,
+    variants=({}, {"lam": 0.1}),
+    limits="unit rows only (self terms z_i.z_i taken as 1); the batch is its own reference set; constants as recorded in catalog.md 2.18 [P], bound not confirmed",
+    family="pair",
+)

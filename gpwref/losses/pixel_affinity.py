@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..entry import LossEntry, integer, one_of, optional
 from ..errors import GpwrefError
 from ..pairs import PairResult, Pairs
 from ..profiles import Profile
@@ -94,3 +95,22 @@ def value_and_grad(S: np.ndarray, pairs: Pairs, profile: Profile, *, width: int 
         pos_used=used,
         neg_used=np.zeros_like(used),
     )
+
+
+ENTRY = LossEntry(
+    name="pixel_affinity",
+    function=value_and_grad,
+    hyper={
+        "width": optional(integer(at_least=1), "one row of pixels"),
+        "kernel_size": integer(at_least=3, odd=True),
+        "dilation": integer(at_least=1),
+        "affinity": one_of("cosine", "probability"),
+    },
+    defaults={"paper": {"width": None, "kernel_size": 3, "dilation": 1, "affinity": "cosine"}},
+    reference="Yang, Song, Ge, Li. BoxSnake: Polygonal Instance Segmentation with Box Supervision. ICCV 2023 (BoxInst-form local pairwise term)",
+    similarities=("self",),
+    supports_ref=False,
+    variants=({}, {"width": 3}, {"width": 2, "kernel_size": 3, "dilation": 2}, {"affinity": "probability", "width": 3}),
+    limits="rows are the pixels of one image (row-major, `width` per row); labels are colour-region ids; pulls only; BoxSnake's default |m_i - m_j| term is not a function of S",
+    family="other",
+)

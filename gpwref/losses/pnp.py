@@ -35,9 +35,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..entry import LossEntry, boolean, number, one_of
 from ..pairs import PairResult, Pairs
 from ..profiles import Profile
-from .smooth_ap import query_items, sigmoid_and_slope
+from .smooth_ap import SIGMOID_CLAMP, query_items, sigmoid_and_slope
 
 
 def x_minus_log1p(x: np.ndarray) -> np.ndarray:
@@ -95,3 +96,28 @@ def value_and_grad(
         pos_used=pairs.pos & used,
         neg_used=pairs.neg & used,
     )
+
+
+ENTRY = LossEntry(
+    name="pnp",
+    function=value_and_grad,
+    hyper={
+        "variant": one_of("O", "Ds", "Dq", "Iu", "Ib"),
+        "b": number(above=0),
+        "alpha": number(above=0),
+        "anneal": number(above=0),
+        "include_query": boolean(),
+        "sigmoid_clamp": SIGMOID_CLAMP,
+    },
+    defaults={
+        "paper": {"variant": "O", "b": 2.0, "alpha": 1.0, "anneal": 0.01, "include_query": False, "sigmoid_clamp": None},
+        "pml": {"variant": "O", "b": 2.0, "alpha": 1.0, "anneal": 0.01, "include_query": True, "sigmoid_clamp": 50.0},
+    },
+    reference="Li, Ji, Jiang, Zhang, Wang, Tian, Cheng, Tang. Rethinking the Optimization of Average Precision: "
+    "Only Penalizing Negative Instances before Positive Ones is Enough. AAAI 2022",
+    similarities=("self", "negative-relative", "positive-relative"),
+    supports_ref=True,
+    variants=({}, {"variant": "Ds"}, {"variant": "Dq"}, {"variant": "Iu"}, {"variant": "Ib"}),
+    limits="include_query holds the query's own score at 1 (unit rows)",
+    family="ranking",
+)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..entry import LossEntry, number
 from ..errors import GpwrefError
 from ..pairs import PairResult, Pairs, masked_lse
 from ..profiles import Profile
@@ -67,3 +68,16 @@ def value_and_grad(S: np.ndarray, pairs: Pairs, profile: Profile, *, alpha: floa
         pos_used=pos.copy(),
         neg_used=neg.copy(),
     )
+
+
+ENTRY = LossEntry(
+    name="proxy_anchor",
+    function=value_and_grad,
+    hyper={"alpha": number(above=0), "margin": number()},
+    defaults={"paper": {"alpha": 32.0, "margin": 0.1}, "pml": {"alpha": 32.0, "margin": 0.1}},
+    reference="Kim, Kim, Cho, Kwak. Proxy Anchor Loss for Deep Metric Learning. CVPR 2020",
+    similarities=("self", "negative-relative"),
+    supports_ref=True,
+    limits="sample-to-proxy: ref IS the proxies (ref_labels = their classes) and is required; per_anchor is per proxy",
+    family="proxy",
+)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..entry import LossEntry, boolean, number
 from ..pairs import PairResult, Pairs
 from ..profiles import Profile
 from .normalized_softmax import softmax_over_proxies
@@ -44,3 +45,17 @@ def value_and_grad(S: np.ndarray, pairs: Pairs, profile: Profile, *, scale: floa
     require_proxies(pairs, "proxy_nca")
     z = -scale * (2.0 - 2.0 * S)
     return softmax_over_proxies(z, np.full(S.shape, 2.0 * scale), pairs.pos, pairs.neg, include_positive=include_positive)
+
+
+ENTRY = LossEntry(
+    name="proxy_nca",
+    function=value_and_grad,
+    hyper={"scale": number(above=0), "include_positive": boolean()},
+    defaults={"paper": {"scale": 1.0, "include_positive": False}, "pml": {"scale": 1.0, "include_positive": True}},
+    reference="Movshovitz-Attias, Toshev, Leung, Ioffe, Singh. No Fuss Distance Metric Learning using Proxies. ICCV 2017",
+    similarities=("self", "negative-relative"),
+    supports_ref=True,
+    variants=({}, {"scale": 9.0}, {"include_positive": True}),
+    limits="sample-to-proxy: ref IS the proxies (ref_labels = their classes) and is required",
+    family="proxy",
+)

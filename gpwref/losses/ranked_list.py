@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..entry import LossEntry, boolean, number, optional
 from ..pairs import PairResult, Pairs
 from ..profiles import Profile
 from .margin import unit_distance
@@ -97,3 +98,31 @@ def value_and_grad(
         pos_used=pos_star,
         neg_used=neg_star,
     )
+
+
+ENTRY = LossEntry(
+    name="ranked_list",
+    function=value_and_grad,
+    hyper={
+        "margin": number(at_least=0),
+        "alpha": optional(number(), "1 + margin/2"),
+        "Tp": number(at_least=0),
+        "Tn": number(at_least=0),
+        "imbalance": number(at_least=0, at_most=1, noun="a number"),
+        "denominator_eps": number(at_least=0),
+        "count_zero_distance": boolean(),
+    },
+    defaults={
+        "paper": {"margin": 0.4, "alpha": None, "Tp": 0.0, "Tn": 10.0, "imbalance": 0.5,
+                  "denominator_eps": 0.0, "count_zero_distance": True},
+        "pml": {"margin": 0.4, "alpha": None, "Tp": 0.0, "Tn": 10.0, "imbalance": 0.5,
+                "denominator_eps": 1e-5, "count_zero_distance": False},
+    },
+    reference="Wang, Hua, Kodirov, Hu, Garnier, Robertson. Ranked List Loss for Deep Metric Learning. CVPR 2019",
+    similarities=("self", "negative-relative"),
+    gpw_sign=False,
+    variants=({}, {"Tp": 1.0, "Tn": 2.0, "alpha": 1.1}, {"Tn": 0.0}),
+    limits="not GPW-signed for Tn > 0 (or Tp > 0): the live softmax weights give the least violating "
+    "negatives a negative weight; PML has no margin/Tn defaults (the RLL paper's 0.4 and 10 are used) "
+    "and no reference set",
+)

@@ -38,6 +38,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import expit
 
+from ..entry import LossEntry, number, one_of
 from ..pairs import PairResult, Pairs
 from ..profiles import Profile
 
@@ -90,3 +91,18 @@ def value_and_grad(S: np.ndarray, pairs: Pairs, profile: Profile, *, sigma: floa
         slope=lambda gap: sigma * expit(sigma * gap),
         reduction=reduction,
     )
+
+
+ENTRY = LossEntry(
+    name="ranknet",
+    function=value_and_grad,
+    hyper={"sigma": number(above=0), "reduction": one_of("mean", "mean_nonzero", "sum")},
+    defaults={
+        "paper": {"sigma": 1.0, "reduction": "mean"},
+        "pml": {"sigma": 1.0, "reduction": "mean_nonzero"},
+    },
+    reference="Burges, Shaked, Renshaw, Lazier, Deeds, Hamilton, Hullender. Learning to Rank using Gradient Descent. ICML 2005",
+    similarities=("positive-relative",),
+    variants=({}, {"sigma": 5.0}, {"reduction": "sum"}),
+    family="ranking",
+)

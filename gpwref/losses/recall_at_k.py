@@ -50,10 +50,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..entry import LossEntry, boolean, integer, non_empty_tuple, number, optional
 from ..errors import GpwrefError
 from ..pairs import PairResult, Pairs
 from ..profiles import Profile
-from .smooth_ap import sigmoid_and_slope
+from .smooth_ap import SIGMOID_CLAMP, sigmoid_and_slope
 
 
 def mixing_matrix(labels: np.ndarray, a: float) -> tuple[np.ndarray, np.ndarray]:
@@ -148,3 +149,37 @@ def value_and_grad(
         pos_used=pairs.pos & alive_real[:, None],
         neg_used=pairs.neg & alive_real[:, None],
     )
+
+
+ENTRY = LossEntry(
+    name="recall_at_k",
+    function=value_and_grad,
+    hyper={
+        "k_values": non_empty_tuple(integer(at_least=1), "integers >= 1"),
+        "tau1": number(above=0),
+        "tau2": number(above=0),
+        "include_query": boolean(),
+        "sigmoid_clamp": SIGMOID_CLAMP,
+        "recall_cap": boolean(),
+        "simix": optional(number(at_least=0, at_most=1, noun="a mixing coefficient"), "no SiMix"),
+    },
+    defaults={
+        "paper": {
+            "k_values": (1, 2, 4, 8, 16), "tau1": 0.01, "tau2": 1.0, "include_query": False,
+            "sigmoid_clamp": None, "recall_cap": False, "simix": None,
+        },
+    },
+    reference="Patel, Tolias, Matas. Recall@k Surrogate Loss with Large Batches and Similarity Mixup. CVPR 2022",
+    similarities=("self", "negative-relative", "positive-relative"),
+    gpw_sign=False,
+    supports_ref=True,
+    variants=(
+        {},
+        {"include_query": True, "sigmoid_clamp": 50.0, "recall_cap": True, "k_values": (1, 2, 4)},
+        {"simix": 0.3},
+        {"simix": 0.3, "include_query": True, "sigmoid_clamp": 50.0, "recall_cap": True, "k_values": (1, 2, 4)},
+    ),
+    limits="simix needs the batch as its own reference set and assumes unit rows (S's diagonal taken as 1); "
+    "positive weights can take either sign",
+    family="ranking",
+)

@@ -52,8 +52,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..entry import LossEntry, boolean, number, optional
 from ..pairs import PairResult, Pairs
 from ..profiles import Profile
+
+SIGMOID_CLAMP = optional(number(above=0), "plain sigmoid")  # the `clamp` of sigmoid_and_slope (pnp, recall_at_k too)
 
 
 def sigmoid_and_slope(x: np.ndarray, temperature: float, clamp: float | None) -> tuple[np.ndarray, np.ndarray]:
@@ -114,3 +117,25 @@ def value_and_grad(S: np.ndarray, pairs: Pairs, profile: Profile, *, temperature
         pos_used=pairs.pos & used,
         neg_used=pairs.neg & used,
     )
+
+
+ENTRY = LossEntry(
+    name="smooth_ap",
+    function=value_and_grad,
+    hyper={
+        "temperature": number(above=0),
+        "include_query": boolean(),
+        "sigmoid_clamp": SIGMOID_CLAMP,
+    },
+    defaults={
+        "paper": {"temperature": 0.01, "include_query": False, "sigmoid_clamp": None},
+        "pml": {"temperature": 0.01, "include_query": True, "sigmoid_clamp": None},
+    },
+    reference="Brown, Xie, Kalogeiton, Zisserman. Smooth-AP: Smoothing the Path Towards Large-Scale Image Retrieval. ECCV 2020",
+    similarities=("self", "negative-relative", "positive-relative"),
+    gpw_sign=False,
+    supports_ref=True,
+    variants=({}, {"include_query": True, "sigmoid_clamp": 50.0}),
+    limits="positive weights can take either sign; include_query holds the query's own score at 1 (unit rows)",
+    family="ranking",
+)

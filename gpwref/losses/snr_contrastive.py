@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..entry import LossEntry, number
 from ..errors import GpwrefError, check_memory
 from ..pairs import PairResult, Pairs, Result, build_pairs, check_degenerate, unit_rows, zero_by_pair_count
 from ..profiles import Profile, get_profile
@@ -177,3 +178,19 @@ def _project(grad_unit: np.ndarray, unit: np.ndarray, norms: np.ndarray) -> np.n
     """Through u = v / |v|: dL/dv = (I - u u^T) dL/du / |v|."""
     radial = np.einsum("ij,ij->i", grad_unit, unit)
     return (grad_unit - unit * radial[:, None]) / norms[:, None]
+
+
+ENTRY = LossEntry(
+    name="snr_contrastive",
+    function=value_and_grad,
+    embeddings_function=compute,
+    hyper={"pos_margin": number(), "neg_margin": number()},
+    defaults={"pml": {"pos_margin": 0.0, "neg_margin": 1.0}},
+    reference="Yuan, Chen, Zhang, Wang, Liu. Signal-To-Noise Ratio: A Robust Distance Metric for Deep Metric "
+    "Learning. CVPR 2019",
+    similarities=("self",),
+    limits="not a function of S alone (the SNR distance uses each row's coordinate mean): gpwref.compute "
+    "runs it from the embeddings, from_similarity refuses it; grad_sim holds the means fixed; only PML's "
+    "contrastive form (no zero-mean regulariser, no triplet form)",
+    family="other",
+)

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..entry import LossEntry, number, one_of
 from ..errors import GpwrefError
 from ..pairs import PairResult, Pairs, masked_lse
 from ..profiles import Profile
@@ -123,3 +124,22 @@ def _soft_max_over_classes(S, grid, gamma):
         weight[:, cols] = b
         relaxed += b * S[:, cols]
     return relaxed, weight
+
+
+ENTRY = LossEntry(
+    name="soft_triple",
+    function=value_and_grad,
+    hyper={"la": number(above=0), "gamma": number(above=0), "margin": number(), "center_softmax": one_of("centers", "classes")},
+    defaults={
+        "paper": {"la": 20.0, "gamma": 0.1, "margin": 0.01, "center_softmax": "centers"},
+        "pml": {"la": 20.0, "gamma": 0.1, "margin": 0.01, "center_softmax": "centers"},
+    },
+    reference="Qian, Shang, Sun, Hu, Li, Jin. SoftTriple Loss: Deep Metric Learning Without Triplet Sampling. ICCV 2019",
+    similarities=("self", "negative-relative"),
+    gpw_sign=False,
+    supports_ref=True,
+    variants=({}, {"center_softmax": "classes", "gamma": 10.0, "la": 8.0}),
+    limits="sample-to-proxy: ref IS the centers (ref_labels = their classes) and is required; a center far below its "
+    "class's soft maximum gets a weight of the opposite sign; center_softmax='classes' needs equal centers per class",
+    family="proxy",
+)

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..entry import LossEntry, boolean, number, one_of, optional
 from ..pairs import PairResult, Pairs, masked_lse, anchors_with_positives
 from ..profiles import Profile
 
@@ -95,3 +96,31 @@ def value_and_grad(
         pos_used=pos_used,
         neg_used=neg_used,
     )
+
+
+ENTRY = LossEntry(
+    name="supcon",
+    function=value_and_grad,
+    hyper={
+        "temperature": number(above=0),
+        "base_temperature": optional(number(above=0), "no factor"),
+        "reduction": one_of("sum", "mean", "avg_nonzero"),
+        "log_eps": number(at_least=0),
+        "require_both_kinds": boolean(),
+    },
+    defaults={
+        "paper": {"temperature": 0.1, "base_temperature": None, "reduction": "sum", "log_eps": 0.0, "require_both_kinds": False},
+        "pml": {"temperature": 0.1, "base_temperature": None, "reduction": "avg_nonzero", "log_eps": 0.0, "require_both_kinds": True},
+    },
+    reference="Khosla, Teterwak, Wang, Sarna, Tian, Isola, Maschinot, Liu, Krishnan. Supervised Contrastive "
+    "Learning. NeurIPS 2020",
+    similarities=("self", "negative-relative"),
+    gpw_sign=False,
+    variants=(
+        {},
+        {"temperature": 0.1, "base_temperature": 0.07, "reduction": "mean", "log_eps": 1e-9},
+        {"reduction": "mean"},
+    ),
+    limits="not GPW-signed: a positive whose softmax share exceeds 1/|P_i| gets a positive weight; "
+    "log_eps > 0 (official code) makes G the gradient with the row maximum detached",
+)

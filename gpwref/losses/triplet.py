@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..entry import LossEntry, number, one_of, optional
 from ..pairs import PairResult, Pairs
 from ..profiles import Profile
 from .contrastive import snap_duplicates, unit_distance
@@ -163,3 +164,32 @@ def value_and_grad(
         neg_used=active_per_neg > 0,
         extras=extras,
     )
+
+
+ENTRY = LossEntry(
+    name="triplet",
+    function=value_and_grad,
+    hyper={
+        "mining": one_of("all", "batch_hard", "semi_hard"),
+        "margin": number(at_least=0),
+        "distance": one_of("cosine", "euclidean"),
+        "reduction": one_of("mean", "avg_nonzero"),
+        "miner_margin": optional(number(at_least=0), "the loss margin"),
+        "semi_hard_bound": one_of("strict", "inclusive"),
+    },
+    defaults={
+        "paper": {"mining": "all", "margin": 0.1, "distance": "cosine", "reduction": "mean",
+                  "miner_margin": None, "semi_hard_bound": "strict"},
+        "pml": {"mining": "all", "margin": 0.05, "distance": "euclidean", "reduction": "avg_nonzero",
+                "miner_margin": 0.2, "semi_hard_bound": "inclusive"},
+    },
+    reference="Schroff, Kalenichenko, Philbin. FaceNet. CVPR 2015; Hermans, Beyer, Leibe. In Defense of the "
+    "Triplet Loss for Person Re-Identification. arXiv 2017; similarity form: Wang et al. CVPR 2019",
+    similarities=("positive-relative",),
+    variants=({"mining": "all"}, {"mining": "batch_hard"}, {"mining": "semi_hard"}),
+    limits="similarities describe mining='all'/'semi_hard' in the cosine form; batch_hard also selects by "
+    "comparing pairs of the same kind (negative-relative) and distance='euclidean' scales by 1/d (self). "
+    "all/semi_hard loop over anchors on (positives x negatives) blocks of at most 4M entries: memory O(m n), "
+    "time O(sum_i |P_i| |N_i|)",
+    boundary_param="margin",
+)

@@ -36,6 +36,7 @@ import math
 
 import numpy as np
 
+from ..entry import LossEntry, boolean, number
 from ..pairs import PairResult, Pairs, masked_lse, anchors_with_positives
 from ..profiles import Profile
 from .contrastive import DUPLICATE_SQ_DISTANCE
@@ -76,3 +77,25 @@ def value_and_grad(S: np.ndarray, pairs: Pairs, profile: Profile, *, margin_deg:
         pos_used=pos_used,
         neg_used=neg_used,
     )
+
+
+ENTRY = LossEntry(
+    name="tuplet_margin",
+    function=value_and_grad,
+    hyper={
+        "margin_deg": number(),
+        "scale": number(above=0),
+        "require_both_kinds": boolean(),
+    },
+    defaults={
+        "paper": {"margin_deg": 5.73, "scale": 64.0, "require_both_kinds": False},
+        "pml": {"margin_deg": 5.73, "scale": 64.0, "require_both_kinds": True},
+    },
+    reference="Yu, Tao. Deep Metric Learning with Tuplet Margin Loss. ICCV 2019",
+    similarities=("self", "negative-relative"),
+    gpw_sign=False,
+    variants=({}, {"margin_deg": 10.0, "scale": 16.0}),
+    limits="not GPW-signed: a positive pair closer than the margin angle (S > cos(margin)) gets a positive "
+    "weight; positive pairs with |S| within 5e-13 of 1 (or beyond) take theta = 0 or pi with no gradient "
+    "(arccos's slope is infinite there; PML returns inf/NaN)",
+)
