@@ -109,7 +109,7 @@ def near_boundary(loss: str, want: Result, margin: float, profile, params: dict,
             flip |= pairs.neg & (np.abs(S - (min_pos - eps)) <= 2 * margin)
             flip |= pairs.pos & (np.abs(S - (max_neg + eps)) <= 2 * margin)
     if loss == "contrastive":
-        from ..losses.contrastive import DUPLICATE_SQ_DISTANCE
+        from ..rules import DUPLICATE_SQ_DISTANCE
 
         gap = 2.0 - 2.0 * S
         jump |= (pairs.pos | pairs.neg) & (np.abs(np.abs(gap) - DUPLICATE_SQ_DISTANCE) <= 2 * margin + 1e-15)
@@ -144,7 +144,7 @@ def _conditioning(loss: str, params: dict, want: Result, dS: float, used: np.nda
         weight = 0.0
         if params["distance"] == "euclidean":
             S = np.asarray(want.sim, dtype=np.float64)
-            from ..losses.contrastive import DUPLICATE_SQ_DISTANCE
+            from ..rules import DUPLICATE_SQ_DISTANCE
 
             gap = 2.0 - 2.0 * S[used]
             gap = gap[gap > DUPLICATE_SQ_DISTANCE]
