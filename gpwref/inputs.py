@@ -183,8 +183,9 @@ def check_similarity_bound(norms, ref_norms, work) -> None:
         bound = np.max(norms) * np.max(ref_norms)
     if not bound <= np.finfo(work).max:
         raise GpwrefError("embeddings", f"with normalize=False the similarities X ref^T must be finite in {work.name}: "
-                          f"max_i |x_i| * max_j |r_j| must stay below {np.finfo(work).max:.4g} (scale the rows down "
-                          "or normalise them)", f"{np.max(norms):.4g} * {np.max(ref_norms):.4g}")
+                          f"max_i |x_i| * max_j |r_j| (a bound on every |S_ij|) overflows {work.name} above "
+                          f"{np.finfo(work).max:.4g}; scale the rows down or normalise them",
+                          f"{np.max(norms):.4g} * {np.max(ref_norms):.4g}")
 
 
 def check_similarities_finite(S, work) -> None:
