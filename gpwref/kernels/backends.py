@@ -25,7 +25,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from ..errors import GpwrefError
-from ..inputs import DTYPES, check_similarities_finite, is_device_array, work_dtype  # noqa: F401 - part of this module's interface
+from ..inputs import check_similarities_finite, work_dtype
 from ..pairs import PairResult, check_degenerate
 from ..rules import DUPLICATE_GAP, DUPLICATE_SQ_DISTANCE, check_margins, for_form
 from . import scalar

@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import GpwrefError
 from ..pairs import PairResult, Pairs, zero_by_pair_count
 from ..profiles import Profile
 from ..rules import DUPLICATE_SQ_DISTANCE, check_margins

@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 import gpwref
-from gpwref.losses import snr_contrastive as snr
 from verification import harness
 from verification.common import NotApplicable, rel_err, rules
 from verification.torch_pairs import masks
@@ -139,7 +138,7 @@ def check_case(profile, hyper, batch, *, fd=True):
     params = gpwref.catalog.resolve_hyper(gpwref.get_entry("snr_contrastive"), profile, hyper)
     kwargs = batch.compute_kwargs()
     try:
-        ours = snr.compute(batch.embeddings, batch.labels, profile=profile, **kwargs, **hyper)
+        ours = gpwref.compute("snr_contrastive", batch.embeddings, batch.labels, profile=profile, **kwargs, **hyper)
     except gpwref.GpwrefError as error:
         verdict = harness._reals_all_raise(sys.modules[__name__], profile, batch, params, report)
         if verdict is None:
@@ -228,7 +227,7 @@ def _fd_embeddings(profile, params, ours, batch, floor: float, h: float = harnes
         kw = dict(kwargs)
         if R_ is not None:
             kw["ref"] = R_
-        return snr.compute(X_, batch.labels, profile=profile, **kw, **params)
+        return gpwref.compute("snr_contrastive", X_, batch.labels, profile=profile, **kw, **params)
 
     grads = [("X", batch.embeddings, ours.grad_emb)]
     if batch.ref is not None:
