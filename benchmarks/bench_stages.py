@@ -97,7 +97,7 @@ def _numba_stages(X, y):
 
 
 def _cuda_stages(X, y):
-    """The three launches of the CUDA pipeline (``gpwref.kernels.cuda._pipeline``) on the batch, one
+    """The three launches of the CUDA pipeline (``gpwref.kernels.cuda.CudaStages``) on the batch, one
     per stage: ``similarity`` (norms fused into S = U U^T), ``ms_rows``, ``embedding_grad`` (G + G^T,
     the GEMM and the normalisation's backward fused)."""
     from numba import cuda

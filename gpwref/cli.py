@@ -56,7 +56,8 @@ def _list(argv: list[str]) -> int:
 
 
 def _profiles(argv: list[str]) -> int:
-    from .profiles import PROFILES, format_diff, get_profile
+    from .profile_diff import format_diff, table
+    from .profiles import PROFILES, get_profile
 
     parser = argparse.ArgumentParser(prog="gpwref profiles", description="Show or compare convention profiles")
     sub = parser.add_subparsers(dest="action", required=True)
@@ -67,7 +68,7 @@ def _profiles(argv: list[str]) -> int:
     compare.add_argument("b", choices=sorted(PROFILES))
     args = parser.parse_args(argv)
     if args.action == "show":
-        print(get_profile(args.name).table())
+        print(table(get_profile(args.name)))
     else:
         print(format_diff(args.a, args.b))
     return 0

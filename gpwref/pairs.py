@@ -158,13 +158,14 @@ def grad_embeddings(
         grad_u = grad_u + grad_v
         grad_v = None
     if norms is not None:
-        grad_u = _through_normalisation(grad_u, X_unit, norms)
+        grad_u = through_normalisation(grad_u, X_unit, norms)
         if grad_v is not None:
-            grad_v = _through_normalisation(grad_v, R_unit, ref_norms)
+            grad_v = through_normalisation(grad_v, R_unit, ref_norms)
     return grad_u, grad_v
 
 
-def _through_normalisation(grad_unit: np.ndarray, unit: np.ndarray, norms: np.ndarray) -> np.ndarray:
+def through_normalisation(grad_unit: np.ndarray, unit: np.ndarray, norms: np.ndarray) -> np.ndarray:
+    """dL/dx from dL/du through u = x / |x|: (I - u u^T) dL/du / |x|, row by row."""
     radial = np.einsum("ij,ij->i", grad_unit, unit)
     return (grad_unit - unit * radial[:, None]) / norms[:, None]
 

@@ -2,9 +2,9 @@
 
 ``select(backend, dtype, loss)`` validates the choice before any work (an unknown name, a loss
 without a kernel, or a backend this machine cannot run is a ``GpwrefError``, never a silent
-fall-back). ``run_host`` runs a kernel backend on inputs that ``compute`` has already validated
-(float64 NumPy arrays). ``run_device`` takes the CUDA backend's device inputs (any object with
-``__cuda_array_interface__``) and validates them on the device, without a copy.
+fall-back). ``NumbaStages`` are the Numba CPU backend's stages of ``gpwref.pipeline``, run on inputs
+``gpwref.inputs`` validated; the helpers below turn a profile and hyper-parameters into kernel
+arguments for both kernel backends (``gpwref.kernels.cuda`` holds the CUDA stages).
 
 Working precision (``dtype``): ``None`` means float64, the reference's precision, on every backend;
 ``"float32"`` stores X, S, G and the gradients in float32, runs the GEMMs and the comparisons
@@ -20,15 +20,17 @@ otherwise.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 
 import numpy as np
 
 from ..errors import GpwrefError
-from ..pairs import Result
+from ..inputs import check_similarities_finite, work_dtype
+from ..pairs import PairResult, check_degenerate
+from ..rules import DUPLICATE_GAP, DUPLICATE_SQ_DISTANCE, check_margins, for_form
 from . import scalar
 
 BACKENDS = ("numpy", "numba", "cuda")
-DTYPES = {None: np.dtype(np.float64), "float64": np.dtype(np.float64), "float32": np.dtype(np.float32)}
 
 # Losses with kernels (the NumPy backend runs every catalog loss).
 KERNEL_LOSSES = ("multi_similarity", "binomial_deviance", "contrastive", "lifted_structure")
@@ -38,7 +40,7 @@ def select(backend, dtype, loss: str) -> np.dtype:
     """Validate ``backend`` and ``dtype`` for ``loss``; return the working dtype."""
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise GpwrefError("backend", f"must be one of {list(BACKENDS)}", repr(backend))
-    work = _work_dtype(dtype)
+    work = work_dtype(dtype)
     if backend == "numpy":
         return work
     if loss not in KERNEL_LOSSES:
@@ -64,30 +66,11 @@ def cuda_unavailable_reason() -> str | None:
             "(NUMBA_ENABLE_CUDASIM=1 runs the CUDA kernels in Numba's simulator instead)")
 
 
-def _work_dtype(dtype) -> np.dtype:
-    if isinstance(dtype, str) or dtype is None:
-        key = dtype
-    else:
-        try:
-            key = np.dtype(dtype).name
-        except TypeError:
-            key = repr(dtype)
-    if key not in DTYPES:
-        raise GpwrefError("dtype", "must be None (float64), 'float32' or 'float64'", repr(dtype))
-    return DTYPES[key]
-
-
 def _require_numba() -> None:
     try:
         import numba  # noqa: F401
     except ImportError as error:  # pragma: no cover - numba is a dependency
         raise GpwrefError("backend", "'numba' is unavailable: the numba package cannot be imported", str(error)) from error
-
-
-def is_device_array(obj) -> bool:
-    """An object with ``__cuda_array_interface__`` (torch CUDA tensors, CuPy, Numba device arrays)
-    or a Numba device array (including the simulator's)."""
-    return obj is not None and (hasattr(obj, "__cuda_array_interface__") or bool(getattr(obj, "__cuda_ndarray__", False)))
 
 
 def ms_scalars(params: dict, dtype: np.dtype) -> dict:
@@ -138,8 +121,6 @@ ZERO_RULE_LOSSES = ("multi_similarity",)
 def check_counts(counts: np.ndarray, profile, loss: str) -> bool:
     """Raise as the reference does on anchors without positives/negatives; return True when the
     PML rule 'zero loss if at most one kept positive and one kept negative pair' applies."""
-    from ..pairs import check_degenerate
-
     check_degenerate(_Degenerate(counts), profile, loss)
     return bool(loss in ZERO_RULE_LOSSES and profile.zero_if_at_most_one_pair
                 and counts[:, 2].sum() <= 1 and counts[:, 3].sum() <= 1)
@@ -158,8 +139,6 @@ def binomial_scalars(params: dict) -> tuple:
 def contrastive_scalars(params: dict) -> tuple:
     """(distance code, linear positive term?, pos_margin, neg_margin, duplicate gap), after the
     reference's own margin check (euclidean margins are distances, >= 0)."""
-    from ..losses.contrastive import DUPLICATE_SQ_DISTANCE, check_margins
-
     check_margins(params["distance"], pos_margin=params["pos_margin"], neg_margin=params["neg_margin"])
     linear = params["distance"] == "cosine" and params["pos_margin"] is None and params["reduction"] == "anchor_sum"
     return (scalar.DISTANCE_CODES[params["distance"]], linear, float(params["pos_margin"] or 0.0),
@@ -182,22 +161,7 @@ def contrastive_scales(counts: np.ndarray, sums: np.ndarray, profile, params: di
 
 
 # ---------------------------------------------------------------------------------------------
-# Host arrays (already validated by compute)
-
-
-def run_host(backend, entry, profile, params, X, y, R, yr, ref_is_batch, ref_self, normalize, dtype) -> Result:
-    if backend == "numba":
-        return _numba(entry, profile, params, X, y, R, yr, ref_is_batch, ref_self, normalize, dtype)
-    from . import cuda
-
-    return cuda.run(entry, profile, params, X, y, R, yr, ref_is_batch, ref_self, normalize, dtype)
-
-
-def run_device(entry, profile, params, embeddings, labels, ref, ref_labels, normalize, ref_self, dtype) -> Result:
-    from . import cuda
-
-    return cuda.run_device(entry, profile, params, embeddings, labels, ref, ref_labels, normalize, ref_self, dtype)
-
+# The Numba CPU backend's stages of gpwref.pipeline
 
 # Below this many pairs a parallel region costs more than it saves (and on a busy machine waiting
 # for the second thread's time slice can cost milliseconds): the Numba kernels then run on one thread.
@@ -207,59 +171,70 @@ PARALLEL_MIN_PAIRS = 1 << 15
 SYMMETRIC_BLOCK_BYTES = 8 << 20
 
 
-def _numba(entry, profile, params, X, y, R, yr, ref_is_batch, ref_self, normalize, dtype) -> Result:
-    from . import cpu
+class NumbaStages:
+    """S by ``cpu.gram`` / ``cpu.matmul_rows``, the loss's row kernels, the gradient GEMMs and the
+    normalisation's backward, on the pool (one thread below ``PARALLEL_MIN_PAIRS`` pairs)."""
 
-    pairs = X.shape[0] * (X.shape[0] if ref_is_batch else R.shape[0])
-    with cpu.threads(1 if pairs < PARALLEL_MIN_PAIRS else cpu.max_threads()):
-        return _numba_pipeline(entry, profile, params, X, y, R, yr, ref_is_batch, ref_self, normalize, dtype)
+    def __init__(self, inputs):
+        from . import cpu
 
+        self.cpu = cpu
+        self.inputs = inputs
+        dtype = inputs.dtype
+        self.X = inputs.embeddings.astype(dtype, copy=False)
+        self.R = self.X if inputs.ref_is_batch else inputs.ref.astype(dtype, copy=False)
+        self.grad_unit = None
 
-def _numba_pipeline(entry, profile, params, X, y, R, yr, ref_is_batch, ref_self, normalize, dtype) -> Result:
-    from . import cpu
+    @contextmanager
+    def context(self):
+        cpu = self.cpu
+        pairs = self.X.shape[0] * self.R.shape[0]
+        with cpu.threads(1 if pairs < PARALLEL_MIN_PAIRS else cpu.max_threads()):
+            yield
 
-    X = X.astype(dtype, copy=False)
-    R = X if ref_is_batch else R.astype(dtype, copy=False)
-    if normalize:
-        U, norms = _unit_rows(cpu, X, "embeddings")
-        V, ref_norms = (U, norms) if ref_is_batch else _unit_rows(cpu, R, "ref")
-    else:
-        U, V = X, R
-    # On the batch S = U U^T is its lower triangle, mirrored (cpu.gram): exactly symmetric, which
-    # the MS kernels use to form G + G^T without transposing G (see cpu.py).
-    S = cpu.gram(U) if ref_is_batch else cpu.matmul_rows(U, V.T)
-    symmetric = ref_is_batch and entry.name == "multi_similarity"  # cpu.gram's S is exactly symmetric
-    pair = _numba_pairs(cpu, entry, profile, params, S, y, yr, ref_is_batch, ref_self, dtype, U if symmetric else None)
-    G = pair["grad_sim"]
-    if ref_is_batch:
-        if symmetric:  # the kernels produced (G + G^T) U block by block
-            grad_u = pair["grad_unit"]
+    def similarity(self) -> np.ndarray:
+        cpu, inputs = self.cpu, self.inputs
+        if inputs.normalize:
+            self.U, self.norms = _unit_rows(cpu, self.X, "embeddings")
+            self.V, self.ref_norms = (self.U, self.norms) if inputs.ref_is_batch else _unit_rows(cpu, self.R, "ref")
         else:
-            H = np.empty_like(G)
-            cpu.symmetrize(G, H)
-            grad_u = cpu.matmul_rows(H, U)
-        grad_v = None
-    else:
-        grad_u, grad_v = cpu.matmul_rows(G, V), cpu.matmul_rows(G.T, U)
-    if normalize:
-        grad_u = _through(cpu, grad_u, U, norms)
-        if grad_v is not None:
-            grad_v = _through(cpu, grad_v, V, ref_norms)
-    per_anchor = pair["per_anchor"]
-    return Result(
-        loss=float(per_anchor.sum()),
-        per_anchor=per_anchor,
-        grad_sim=G,
-        pos_used=pair["pos_used"],
-        neg_used=pair["neg_used"],
-        extras=pair.get("extras", {}),
-        grad_emb=grad_u,
-        grad_ref=grad_v,
-        sim=S,
-        loss_name=entry.name,
-        profile=profile.name,
-        hyper=params,
-    )
+            self.U, self.V = self.X, self.R
+        # On the batch S = U U^T is its lower triangle, mirrored: exactly symmetric (the MS kernels use it).
+        S = cpu.gram(self.U) if inputs.ref_is_batch else cpu.matmul_rows(self.U, self.V.T)
+        if not inputs.normalize:  # unit rows bound |S| by 1
+            check_similarities_finite(S, inputs.dtype)
+        return S
+
+    def pair_weights(self, entry, profile, params, S) -> PairResult:
+        inputs = self.inputs
+        self.symmetric = inputs.ref_is_batch and entry.name == "multi_similarity"
+        pair = _numba_pairs(self.cpu, entry, profile, params, S, inputs.labels, inputs.ref_labels, inputs.ref_is_batch,
+                            inputs.ref_self, inputs.dtype, self.U if self.symmetric else None)
+        self.grad_unit = pair.get("grad_unit")
+        per_anchor = pair["per_anchor"]
+        return PairResult(loss=float(per_anchor.sum()), per_anchor=per_anchor, grad_sim=pair["grad_sim"],
+                          pos_used=pair["pos_used"], neg_used=pair["neg_used"], extras=pair.get("extras", {}))
+
+    def gradients(self, pair: PairResult):
+        cpu, inputs, G, U, V = self.cpu, self.inputs, pair.grad_sim, self.U, self.V
+        if inputs.ref_is_batch:
+            if self.grad_unit is not None:  # the symmetric MS kernels produced (G + G^T) U block by block
+                grad_u = self.grad_unit
+            else:
+                H = np.empty_like(G)
+                cpu.symmetrize(G, H)
+                grad_u = cpu.matmul_rows(H, U)
+            grad_v = None
+        else:
+            grad_u, grad_v = cpu.matmul_rows(G, V), cpu.matmul_rows(G.T, U)
+        if inputs.normalize:
+            grad_u = _through(cpu, grad_u, U, self.norms)
+            if grad_v is not None:
+                grad_v = _through(cpu, grad_v, V, self.ref_norms)
+        return grad_u, grad_v
+
+    def finish(self, result):
+        return result
 
 
 def _unit_rows(cpu, X, argument):
@@ -361,9 +336,7 @@ def _numba_pairs(cpu, entry, profile, params, S, y, yr, ref_is_batch, ref_self, 
 
 def lifted_scalars(params: dict) -> tuple:
     """(form, distance code, pos_margin, neg_margin, duplicate gap) of the chosen form (the
-    distance and margins may be given per form, ``lifted_structure.for_form``)."""
-    from ..losses.lifted_structure import DUPLICATE_GAP, for_form
-
+    distance and margins may be given per form, ``rules.for_form``)."""
     form = params["form"]
     return (form, scalar.DISTANCE_CODES[for_form(params["distance"], form)], float(for_form(params["pos_margin"], form)),
             float(for_form(params["neg_margin"], form)), float(DUPLICATE_GAP))

@@ -10,8 +10,7 @@ lower triangle and a tiled mirror; see "BLAS on the pool, one thread per call").
 The MS row kernels visit an m x m matrix in two steps per row: a branch-free sweep that collects the
 columns that can carry a weight (same label, or kept by the exact mining test), then the weights of
 those columns only; with mining most negatives are in neither set, and the sweep costs them no
-mispredicted branch (measured at m = 4096, d = 512, float32, one thread: 98 -> 66 ms for the
-symmetric weights pass, 50 -> 39 ms for the row statistics).
+mispredicted branch (timings: benchmarks/README.md, "Kernel design notes").
 
 The per-pair formulas come from ``scalar.py`` (compiled here with ``njit(inline="always")``); the
 CUDA kernels in ``cuda.py`` compile the same functions as device functions.
@@ -67,16 +66,9 @@ _inline = numba.njit(inline="always", cache=True)
 # ---------------------------------------------------------------------------------------------
 # Parallel rows without OpenMP
 #
-# A kernel is compiled serial (``nogil``) over a row range ``[row0, row1)``; ``rows_kernel`` wraps
-# it in a Python function with the kernel's own arguments that splits the rows into chunks and
-# runs them on gpwref's thread pool (the calling thread waits). Why not ``parallel=True``/prange:
-# the pipeline alternates Numba kernels with BLAS GEMMs, and Numba's OpenMP workers spin-wait after
-# each parallel region while OpenBLAS's threads want the same cores (and the reverse); on 2 cores
-# every hand-over cost ~8 ms (a scheduler time slice), measured as an 8 ms floor under every stage
-# (``benchmarks/results/cpu-2026-11-22-openmp.md``: similarity at m = 80, 7.99 ms against NumPy's 0.07 ms;
-# 0.43 ms with this pool, ``cpu-2026-11-22.md``).
-# Idle pool threads block on a queue and take no core. Each chunk writes only its own rows and
-# keeps its reductions in row order, so the bits do not depend on the chunking or the schedule.
+# A kernel is compiled serial (``nogil``) over rows ``[row0, row1)``; ``rows_kernel`` runs it in chunks
+# on gpwref's thread pool, not OpenMP, whose spinning workers fought BLAS for the cores (benchmarks/README.md,
+# "Kernel design notes"). Each chunk writes only its own rows, in row order: the bits do not depend on the schedule.
 
 _local = threading.local()
 _pool: ThreadPoolExecutor | None = None
@@ -477,10 +469,8 @@ def ms_rows_symmetric(S, labels, value_rule, self_threshold, mine, eps, compare,
     for r in range(first, stop):  # rows row0 + first .. row0 + stop of this call's block
         i = row0 + r
         label = labels[i]
-        # (1) without branches, the columns that can carry a weight: same label, or a negative that
-        # row i or row j keeps by the exact mining test (most negatives are kept by neither)
-        # (a loop of flags that vectorises, then the compaction: 65 -> 60 ms for this kernel at
-        # m = 4096, d = 512, float32, one thread)
+        # (1) without branches (a loop of flags that vectorises, then the compaction), the columns that
+        # can carry a weight: same label, or a negative that row i or row j keeps by the exact mining test
         min_pos_i = min_pos[i]
         for j in range(m):
             s = S[i, j]
@@ -724,8 +714,7 @@ def symmetrize(G, H):
 def _mirror_lower_tiles(S, tiles, first, stop):
     """Copy S's lower triangle onto its upper one (``S_ji = S_ij`` for i > j), items ``first ..
     stop`` of ``tiles`` (block row I >= block column J, 32 x 32): tile (I, J) is written to (J, I)
-    in 16 x 16 sub-tiles, each row by row reading down its columns, which stay in L1 (a buffered
-    copy measured no faster; 16 x 16 sub-tiles: 15 -> 10 ms at m = 4096, float32, 2 threads)."""
+    in 16 x 16 sub-tiles, each row by row reading down its columns, which stay in L1."""
     m = S.shape[0]
     for q in range(first, stop):
         i0 = tiles[q, 0] * _TILE

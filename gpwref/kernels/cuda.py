@@ -26,8 +26,7 @@ batch or with a reference set, binomial deviance: 3; contrastive: 4 (its batch-w
 once, not asserted); a device input in another dtype: +1 (``cast``);
 PML's "at most one kept pair" zero rule: +4 (``fill_zero``). Host synchronisation besides
 launches: the row flags (m integers, host inputs too: a float32 cast can overflow), the pair
-counts where the profile needs them, and the per-anchor values. ``unit_rows``, ``gemm_nt``,
-``gemm_grad`` and ``through_norm`` are the unfused stages, kept for the per-stage benchmark.
+counts where the profile needs them, and the per-anchor values.
 
 Determinism: no kernel uses atomics. Every reduction is a thread-strided partial sum in a fixed
 order followed by a shared-memory tree in a fixed order, and every output element is written by
@@ -42,6 +41,7 @@ same kernels run in the simulator.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 
@@ -49,9 +49,13 @@ import numba
 import numpy as np
 from numba import cuda
 
-from ..errors import GpwrefError, as_labels
-from ..pairs import Result
+from ..errors import GpwrefError
+from ..inputs import check_device_rows, check_similarity_bound
+from ..pairs import PairResult, Result
 from . import scalar
+from .backends import (ZERO_RULE_LOSSES, binomial_scalars, check_counts, contrastive_scalars, contrastive_scales,
+                       lifted_scalars, lifted_zero_rule, ms_rules, ms_scalars, pair_rules, same_label_columns,
+                       self_columns)
 
 try:  # numba.cuda decides between the GPU and the simulator from its own config at import
     from numba.cuda.core import config as _cuda_config
@@ -100,126 +104,6 @@ def kernels(dtype_name: str, threads: int = THREADS, tile: int = TILE, max_block
     i64 = numba.int64
     T = tile
     TP = tile + 1  # padded shared tile: transposed stores hit distinct banks
-
-    @cuda.jit
-    def unit_rows(X, U, norms, bad, normalize):
-        total = cuda.shared.array(threads, f64)
-        finite = cuda.shared.array(threads, i64)
-        t = cuda.threadIdx.x
-        m, d = X.shape
-        for i in range(cuda.blockIdx.x, m, cuda.gridDim.x):
-            acc = 0.0
-            ok = 1
-            for k in range(t, d, threads):
-                x = f64(X[i, k])
-                if math.isinf(x) or math.isnan(x):
-                    ok = 0
-                else:
-                    acc += x * x
-            total[t] = acc
-            finite[t] = ok
-            cuda.syncthreads()
-            step = threads // 2
-            while step > 0:
-                if t < step:
-                    total[t] += total[t + step]
-                    finite[t] = min(finite[t], finite[t + step])
-                cuda.syncthreads()
-                step //= 2
-            norm = math.sqrt(total[0])
-            row_ok = finite[0] == 1
-            if t == 0:
-                norms[i] = norm
-                bad[i] = 0 if row_ok else 1
-            if normalize and norm > 0.0 and row_ok:
-                for k in range(t, d, threads):
-                    U[i, k] = X[i, k] / norm
-            cuda.syncthreads()  # the shared arrays are reused by the next row
-
-    @cuda.jit
-    def gemm_nt(A, B, C):
-        """C = A B^T; a (TILE, TILE) block computes C tiles, striding over them by gridDim.x."""
-        a_tile = cuda.shared.array((T, TP), real)
-        b_tile = cuda.shared.array((T, TP), real)  # b_tile[k, j] = B[j, k]
-        tx = cuda.threadIdx.x
-        ty = cuda.threadIdx.y
-        m, d = A.shape
-        n = B.shape[0]
-        tiles_n = (n + T - 1) // T
-        tiles = ((m + T - 1) // T) * tiles_n
-        for tile_id in range(cuda.blockIdx.x, tiles, cuda.gridDim.x):
-            row = (tile_id // tiles_n) * T + ty
-            col0 = (tile_id % tiles_n) * T
-            col = col0 + tx
-            b_row = col0 + ty
-            acc = real_np(0)
-            for k0 in range(0, d, T):
-                k = k0 + tx
-                a_tile[ty, tx] = A[row, k] if (row < m and k < d) else real_np(0)
-                b_tile[tx, ty] = B[b_row, k] if (b_row < n and k < d) else real_np(0)
-                cuda.syncthreads()
-                for kk in range(T):
-                    acc += a_tile[ty, kk] * b_tile[kk, tx]
-                cuda.syncthreads()
-            if row < m and col < n:
-                C[row, col] = acc
-
-    @cuda.jit
-    def gemm_grad(G, B, out, mode):
-        """out = A B with A = G (mode 0), G^T (mode 1) or G + G^T (mode 2, square G)."""
-        a_tile = cuda.shared.array((T, TP), real)
-        b_tile = cuda.shared.array((T, TP), real)
-        tx = cuda.threadIdx.x
-        ty = cuda.threadIdx.y
-        rows = out.shape[0]
-        d = out.shape[1]
-        inner = B.shape[0]
-        tiles_d = (d + T - 1) // T
-        tiles = ((rows + T - 1) // T) * tiles_d
-        for tile_id in range(cuda.blockIdx.x, tiles, cuda.gridDim.x):
-            row0 = (tile_id // tiles_d) * T
-            row = row0 + ty
-            col = (tile_id % tiles_d) * T + tx
-            acc = real_np(0)
-            for k0 in range(0, inner, T):
-                if mode == 1:
-                    a_tile[ty, tx] = real_np(0)
-                else:  # A[row, k0 + tx] = G[row, k0 + tx]
-                    a_tile[ty, tx] = G[row, k0 + tx] if (row < rows and k0 + tx < inner) else real_np(0)
-                cuda.syncthreads()
-                if mode != 0:  # A[row0 + tx, k0 + ty] += G[k0 + ty, row0 + tx] (coalesced over tx)
-                    if k0 + ty < inner and row0 + tx < rows:
-                        a_tile[tx, ty] = a_tile[tx, ty] + G[k0 + ty, row0 + tx]
-                b_tile[ty, tx] = B[k0 + ty, col] if (k0 + ty < inner and col < d) else real_np(0)
-                cuda.syncthreads()
-                for kk in range(T):
-                    acc += a_tile[ty, kk] * b_tile[kk, tx]
-                cuda.syncthreads()
-            if row < rows and col < d:
-                out[row, col] = acc
-
-    @cuda.jit
-    def through_norm(grad_unit, U, norms, out):
-        total = cuda.shared.array(threads, f64)
-        t = cuda.threadIdx.x
-        m, d = U.shape
-        for i in range(cuda.blockIdx.x, m, cuda.gridDim.x):
-            acc = 0.0
-            for k in range(t, d, threads):
-                acc += f64(grad_unit[i, k]) * f64(U[i, k])
-            total[t] = acc
-            cuda.syncthreads()
-            step = threads // 2
-            while step > 0:
-                if t < step:
-                    total[t] += total[t + step]
-                cuda.syncthreads()
-                step //= 2
-            radial = total[0]
-            inv_norm = 1.0 / norms[i]
-            for k in range(t, d, threads):
-                out[i, k] = (grad_unit[i, k] - U[i, k] * radial) * inv_norm
-            cuda.syncthreads()
 
     @cuda.jit
     def similarity(A, B, C, a_norms, b_norms, a_flags, b_flags, normalize, same):
@@ -833,27 +717,21 @@ def kernels(dtype_name: str, threads: int = THREADS, tile: int = TILE, max_block
                 pos_used[i, j] = used and kind == POSITIVE
                 neg_used[i, j] = used and kind == NEGATIVE
 
-    kernels_ = _Kernels(unit_rows, gemm_nt, gemm_grad, through_norm, ms_rows, binomial_rows, fill_zero, fill_zero_1d,
-                        threads, tile, max_blocks)
+    kernels_ = _Kernels(ms_rows, binomial_rows, fill_zero, fill_zero_1d, threads, tile, max_blocks)
     kernels_.contrastive_rows = contrastive_rows
     kernels_.scale_rows = scale_rows
     kernels_.lifted_row_stats = lifted_row_stats
     kernels_.lifted_song_rows = lifted_song_rows
     kernels_.lifted_generalized_rows = lifted_generalized_rows
-    kernels_.similarity = similarity  # the pipeline's fused stages (unit_rows, gemm_nt, gemm_grad and
-    kernels_.embedding_grad = embedding_grad  # through_norm stay for the per-stage benchmark)
+    kernels_.similarity = similarity
+    kernels_.embedding_grad = embedding_grad
     return kernels_
 
 
 class _Kernels:
     """One dtype's kernels and their launch geometry (grids computed next to the launches)."""
 
-    def __init__(self, unit_rows, gemm_nt, gemm_grad, through_norm, ms_rows, binomial_rows, fill_zero, fill_zero_1d,
-                 threads, tile, max_blocks):
-        self.unit_rows = unit_rows
-        self.gemm_nt = gemm_nt
-        self.gemm_grad = gemm_grad
-        self.through_norm = through_norm
+    def __init__(self, ms_rows, binomial_rows, fill_zero, fill_zero_1d, threads, tile, max_blocks):
         self.ms_rows = ms_rows
         self.binomial_rows = binomial_rows
         self.fill_zero = fill_zero
@@ -880,172 +758,124 @@ def _ceil_div(a: int, b: int) -> int:
 # The backend
 
 
-def run(entry, profile, params, X, y, R, yr, ref_is_batch, ref_self, normalize, dtype) -> Result:
-    """Host inputs (validated float64 NumPy arrays): copy in, compute, return NumPy arrays."""
-    _check_device_memory(X.shape[0], X.shape[0] if ref_is_batch else R.shape[0], X.shape[1], dtype, ref_is_batch)
-    d_X = cuda.to_device(np.ascontiguousarray(X, dtype=dtype))
-    d_R = None if ref_is_batch else cuda.to_device(np.ascontiguousarray(R, dtype=dtype))
-    out = _pipeline(entry, profile, params, d_X, y, d_R, yr, ref_is_batch, ref_self, normalize, dtype)
-    return _to_host(out)
+class CudaStages:
+    """The CUDA backend's stages of ``gpwref.pipeline``: launch 1 (norms + S), the row kernels, the
+    fused gradient launch. Host inputs are copied in and the result copied out; device inputs stay
+    on the device (a cast when ``dtype`` differs) and the result is device arrays."""
 
+    def __init__(self, inputs):
+        self.inputs = inputs
+        dtype = self.dtype = np.dtype(inputs.dtype)
+        self.k = kernels(dtype.name)
+        X, R = inputs.embeddings, inputs.ref
+        m, d = X.shape
+        self.n = m if inputs.ref_is_batch else R.shape[0]
+        _check_device_memory(m, self.n, d, dtype, inputs.ref_is_batch)
+        self.cast_from = None  # the caller's dtype when device arrays are cast to a narrower one
+        if inputs.on_device:
+            for array in (X, R):
+                if np.dtype(array.dtype) != dtype:
+                    self.cast_from = np.dtype(array.dtype)
+            self.d_X = _cast(self.k, X, dtype)
+            self.d_R = self.d_X if inputs.ref_is_batch else _cast(self.k, R, dtype)
+        else:  # validated float64 host arrays
+            self.d_X = cuda.to_device(np.ascontiguousarray(X, dtype=dtype))
+            self.d_R = self.d_X if inputs.ref_is_batch else cuda.to_device(np.ascontiguousarray(R, dtype=dtype))
 
-def run_device(entry, profile, params, embeddings, labels, ref, ref_labels, normalize, ref_self, dtype) -> Result:
-    """Device inputs (``__cuda_array_interface__`` or Numba device arrays): no copy of the embeddings;
-    the validation ``compute`` does on the host is done here on the device; returns device arrays.
+    def context(self):
+        return contextlib.nullcontext()
 
-    ``dtype=None`` keeps the arrays' own dtype (float32 or float64); another dtype is a cast on the
-    device (a copy). Labels (m integers) are brought to the host to be validated.
-    """
-    from ..core import _check_ref_self
-    from .backends import _work_dtype
-
-    d_X = _device_matrix(embeddings, "embeddings")
-    m, d = d_X.shape
-    work = np.dtype(d_X.dtype) if dtype is None else _work_dtype(dtype)
-    y = as_labels(_host(labels), "labels", m, "embeddings")
-    if (ref is None) != (ref_labels is None):
-        raise GpwrefError("ref_labels", "ref and ref_labels must be given together (or neither)")
-    ref_is_batch = ref is None
-    d_R = None
-    if ref_is_batch:
-        if ref_self is not None:
-            raise GpwrefError("ref_self", "only applies with a reference set (ref=...); the batch's own diagonal is always excluded")
-        yr = y
-        n = m
-    else:
-        if not entry.supports_ref:
-            raise GpwrefError("ref", f"loss '{entry.name}' is defined on the batch only; a separate reference set is not supported ({entry.limits})")
-        d_R = _device_matrix(ref, "ref")
-        if d_R.shape[1] != d:
-            raise GpwrefError("ref", f"must have the embeddings' dimension {d}", f"dimension {d_R.shape[1]}")
-        n = d_R.shape[0]
-        yr = as_labels(_host(ref_labels), "ref_labels", n, "ref")
-        ref_self = _check_ref_self(_host(ref_self) if ref_self is not None else None, m, n)
-    _check_device_memory(m, n, d, work, ref_is_batch)
-    k = kernels(work.name)
-    d_X = _cast(k, d_X, work)
-    d_R = None if ref_is_batch else _cast(k, d_R, work)
-    return _pipeline(entry, profile, params, d_X, y, d_R, yr, ref_is_batch, ref_self, normalize, work)
-
-
-def _pipeline(entry, profile, params, d_X, y, d_R, yr, ref_is_batch, ref_self, normalize, dtype) -> Result:
-    from .backends import ZERO_RULE_LOSSES, binomial_scalars, check_counts, contrastive_scalars, contrastive_scales, ms_rules, ms_scalars, pair_rules, self_columns
-
-    dtype = np.dtype(dtype)
-    k = kernels(dtype.name)
-    m, d = d_X.shape
-    # launch 1: row norms + S = U V^T (V = U on the batch), the norms written for the gradient stage
-    d_norms = cuda.device_array(m, dtype=np.float64)
-    d_flags = cuda.device_array(m, dtype=np.int64)
-    if ref_is_batch:
-        d_R, d_ref_norms, d_ref_flags, n = d_X, d_norms, d_flags, m
-    else:
-        n = d_R.shape[0]
-        d_ref_norms = cuda.device_array(n, dtype=np.float64)
-        d_ref_flags = cuda.device_array(n, dtype=np.int64)
-    d_S = cuda.device_array((m, n), dtype=dtype)
-    grid, block = k.tiles(m, n)
-    k.similarity[grid, block](d_X, d_R, d_S, d_norms, d_ref_norms, d_flags, d_ref_flags, normalize, ref_is_batch)
-    _check_rows(d_flags, "embeddings", normalize)  # also host inputs: a float32 cast can overflow
-    if not ref_is_batch:
-        _check_rows(d_ref_flags, "ref", normalize)
-
-    d_G = cuda.device_array((m, n), dtype=dtype)
-    d_pos = cuda.device_array((m, n), dtype=np.bool_)
-    d_neg = cuda.device_array((m, n), dtype=np.bool_)
-    d_per_anchor = cuda.device_array(m, dtype=np.float64)
-    d_counts = cuda.device_array((m, 4), dtype=np.int64)
-    extras = {}
-    d_y, d_yr = cuda.to_device(y), cuda.to_device(yr)
-    d_own = cuda.to_device(self_columns(m, ref_is_batch, ref_self))
-    grid, block = k.rows(m)
-    if entry.name == "multi_similarity":
-        hp = ms_scalars(params, dtype)
-        rules = ms_rules(profile, dtype)
-        k.ms_rows[grid, block](
-            d_S, d_y, d_yr, d_own, rules["value_rule"], rules["self_threshold"], hp["mine"], hp["eps"], rules["compare"],
-            rules["skip_empty"], hp["alpha"], hp["beta"], hp["lam"], dtype.type(np.inf),
-            d_G, d_pos, d_neg, d_per_anchor, d_counts)
-    elif entry.name == "binomial_deviance":
-        k.binomial_rows[grid, block](d_S, d_y, d_yr, d_own, *pair_rules(profile, dtype), *binomial_scalars(params),
-                                     d_G, d_pos, d_neg, d_per_anchor, d_counts)
-    elif entry.name == "contrastive":
-        d_sums = cuda.device_array((m, 2), dtype=np.float64)
-        k.contrastive_rows[grid, block](d_S, d_y, d_yr, d_own, *pair_rules(profile, dtype), *contrastive_scalars(params),
-                                        d_G, d_pos, d_neg, d_sums, d_counts)
-        counts = d_counts.copy_to_host()
-        check_counts(counts, profile, entry.name)
-        zero, pos_scale, neg_scale, per_anchor, extras = contrastive_scales(counts, d_sums.copy_to_host(), profile, params, m)
-        if zero:
-            for array in (d_G, d_pos, d_neg):
-                k.fill_zero[grid, block](array)
+    def similarity(self):
+        """Launch 1: row norms + S = U V^T (V = U on the batch); the row rules on the device's norms."""
+        inputs, k, dtype = self.inputs, self.k, self.dtype
+        m, n = self.d_X.shape[0], self.n
+        self.d_norms = cuda.device_array(m, dtype=np.float64)
+        d_flags = cuda.device_array(m, dtype=np.int64)
+        if inputs.ref_is_batch:
+            self.d_ref_norms, d_ref_flags = self.d_norms, d_flags
         else:
-            k.scale_rows[grid, block](d_G, d_pos, d_neg, pos_scale, neg_scale)
-        d_per_anchor = cuda.to_device(per_anchor)
-    elif entry.name == "lifted_structure":
-        _lifted(k, profile, params, d_S, y, d_y, d_own, dtype, d_G, d_pos, d_neg, d_per_anchor, d_counts)
-    else:  # pragma: no cover - select() admits only KERNEL_LOSSES
-        raise AssertionError(entry.name)
-    if profile.degenerate == "raise" or (profile.zero_if_at_most_one_pair and entry.name in ZERO_RULE_LOSSES):
-        if check_counts(d_counts.copy_to_host(), profile, entry.name):
-            for array in (d_G, d_pos, d_neg):
-                k.fill_zero[grid, block](array)
-            k.fill_zero_1d[grid, block](d_per_anchor)
+            self.d_ref_norms = cuda.device_array(n, dtype=np.float64)
+            d_ref_flags = cuda.device_array(n, dtype=np.int64)
+        d_S = self.d_S = cuda.device_array((m, n), dtype=dtype)
+        grid, block = k.tiles(m, n)
+        k.similarity[grid, block](self.d_X, self.d_R, d_S, self.d_norms, self.d_ref_norms, d_flags, d_ref_flags,
+                                  inputs.normalize, inputs.ref_is_batch)
+        # m flags and norms to the host (no launch): the row rules, also for device inputs
+        norms = self.d_norms.copy_to_host()
+        check_device_rows(d_flags.copy_to_host(), norms, "embeddings", inputs.normalize, dtype, self.cast_from)
+        ref_norms = norms
+        if not inputs.ref_is_batch:
+            ref_norms = self.d_ref_norms.copy_to_host()
+            check_device_rows(d_ref_flags.copy_to_host(), ref_norms, "ref", inputs.normalize, dtype, self.cast_from)
+        if not inputs.normalize:
+            check_similarity_bound(norms, ref_norms, dtype)
+        return d_S
 
-    # last launch: dL/dX (and dL/dR) with the normalisation's backward fused, one job per output tile
-    d_gu = cuda.device_array((m, d), dtype=dtype)
-    d_gv = None if ref_is_batch else cuda.device_array((n, d), dtype=dtype)
-    jobs = (_ceil_div(m, k.tile) + (0 if ref_is_batch else _ceil_div(n, k.tile))) * _ceil_div(d, k.tile)
-    k.embedding_grad[min(jobs, k.max_blocks), (k.tile, k.tile)](
-        d_G, d_S, d_X, d_norms, d_R, d_ref_norms, d_gu, d_gu if ref_is_batch else d_gv, ref_is_batch, normalize)
-    per_anchor = d_per_anchor.copy_to_host()
-    return Result(
-        loss=float(per_anchor.sum()),
-        per_anchor=d_per_anchor,
-        grad_sim=d_G,
-        pos_used=d_pos,
-        neg_used=d_neg,
-        extras=extras,
-        grad_emb=d_gu,
-        grad_ref=d_gv,
-        sim=d_S,
-        loss_name=entry.name,
-        profile=profile.name,
-        hyper=params,
-    )
+    def pair_weights(self, entry, profile, params, d_S) -> PairResult:
+        inputs, k, dtype = self.inputs, self.k, self.dtype
+        m, n = self.d_X.shape[0], self.n
+        y, yr = inputs.labels, inputs.ref_labels
+        d_G = cuda.device_array((m, n), dtype=dtype)
+        d_pos = cuda.device_array((m, n), dtype=np.bool_)
+        d_neg = cuda.device_array((m, n), dtype=np.bool_)
+        d_per_anchor = cuda.device_array(m, dtype=np.float64)
+        d_counts = cuda.device_array((m, 4), dtype=np.int64)
+        extras = {}
+        d_y, d_yr = cuda.to_device(y), cuda.to_device(yr)
+        d_own = cuda.to_device(self_columns(m, inputs.ref_is_batch, inputs.ref_self))
+        grid, block = k.rows(m)
+        if entry.name == "multi_similarity":
+            hp = ms_scalars(params, dtype)
+            rules = ms_rules(profile, dtype)
+            k.ms_rows[grid, block](
+                d_S, d_y, d_yr, d_own, rules["value_rule"], rules["self_threshold"], hp["mine"], hp["eps"], rules["compare"],
+                rules["skip_empty"], hp["alpha"], hp["beta"], hp["lam"], dtype.type(np.inf),
+                d_G, d_pos, d_neg, d_per_anchor, d_counts)
+        elif entry.name == "binomial_deviance":
+            k.binomial_rows[grid, block](d_S, d_y, d_yr, d_own, *pair_rules(profile, dtype), *binomial_scalars(params),
+                                         d_G, d_pos, d_neg, d_per_anchor, d_counts)
+        elif entry.name == "contrastive":
+            d_sums = cuda.device_array((m, 2), dtype=np.float64)
+            k.contrastive_rows[grid, block](d_S, d_y, d_yr, d_own, *pair_rules(profile, dtype), *contrastive_scalars(params),
+                                            d_G, d_pos, d_neg, d_sums, d_counts)
+            counts = d_counts.copy_to_host()
+            check_counts(counts, profile, entry.name)
+            zero, pos_scale, neg_scale, per_anchor, extras = contrastive_scales(counts, d_sums.copy_to_host(), profile, params, m)
+            if zero:
+                for array in (d_G, d_pos, d_neg):
+                    k.fill_zero[grid, block](array)
+            else:
+                k.scale_rows[grid, block](d_G, d_pos, d_neg, pos_scale, neg_scale)
+            d_per_anchor = cuda.to_device(per_anchor)
+        elif entry.name == "lifted_structure":
+            _lifted(k, profile, params, d_S, y, d_y, d_own, dtype, d_G, d_pos, d_neg, d_per_anchor, d_counts)
+        else:  # pragma: no cover - select() admits only KERNEL_LOSSES
+            raise AssertionError(entry.name)
+        if profile.degenerate == "raise" or (profile.zero_if_at_most_one_pair and entry.name in ZERO_RULE_LOSSES):
+            if check_counts(d_counts.copy_to_host(), profile, entry.name):
+                for array in (d_G, d_pos, d_neg):
+                    k.fill_zero[grid, block](array)
+                k.fill_zero_1d[grid, block](d_per_anchor)
+        per_anchor = d_per_anchor.copy_to_host()
+        return PairResult(loss=float(per_anchor.sum()), per_anchor=d_per_anchor, grad_sim=d_G, pos_used=d_pos,
+                          neg_used=d_neg, extras=extras)
 
+    def gradients(self, pair: PairResult):
+        """Last launch: dL/dX (and dL/dR) with the normalisation's backward fused, one job per output tile."""
+        inputs, k, dtype = self.inputs, self.k, self.dtype
+        m, d = self.d_X.shape
+        n = self.n
+        batch = inputs.ref_is_batch
+        d_gu = cuda.device_array((m, d), dtype=dtype)
+        d_gv = None if batch else cuda.device_array((n, d), dtype=dtype)
+        jobs = (_ceil_div(m, k.tile) + (0 if batch else _ceil_div(n, k.tile))) * _ceil_div(d, k.tile)
+        k.embedding_grad[min(jobs, k.max_blocks), (k.tile, k.tile)](
+            pair.grad_sim, self.d_S, self.d_X, self.d_norms, self.d_R, self.d_ref_norms, d_gu, d_gu if batch else d_gv,
+            batch, inputs.normalize)
+        return d_gu, d_gv
 
-def _check_rows(d_flags, argument, normalize):
-    """Raise on the rows ``similarity`` flagged (a copy of m flags, no launch): a non-finite entry
-    (device inputs are validated here, not on the host), or, when normalising, an all-zero row."""
-    flags = d_flags.copy_to_host()
-    if np.any(flags == 1):
-        row = int(np.argmax(flags == 1))
-        raise GpwrefError(argument, "must be finite (no NaN or inf)", f"non-finite value in row {row}")
-    if normalize and np.any(flags == 2):
-        row = int(np.argmax(flags == 2))
-        raise GpwrefError(argument, "rows must have non-zero norm to be L2-normalised (or pass normalize=False)", f"row {row} is all zeros")
-
-
-def _device_matrix(obj, argument):
-    """A Numba device array viewing ``obj`` (no copy), checked like ``as_float_matrix``."""
-    if getattr(obj, "__cuda_ndarray__", False):
-        array = obj
-    elif hasattr(obj, "__cuda_array_interface__"):
-        array = cuda.as_cuda_array(obj)
-    else:
-        raise GpwrefError(argument, "must be a device array like the embeddings (both on the GPU or both on the host)", type(obj).__name__)
-    if len(array.shape) != 2:
-        raise GpwrefError(argument, "must be a 2-D array (rows are samples)", f"shape {tuple(array.shape)}")
-    if np.dtype(array.dtype) not in (np.dtype(np.float32), np.dtype(np.float64)):
-        raise GpwrefError(argument, "must hold float32 or float64 numbers on the device", f"dtype {array.dtype}")
-    if array.shape[0] == 0:
-        raise GpwrefError(argument, "must have at least one row (an empty batch has no loss)", f"shape {tuple(array.shape)}")
-    if array.shape[1] == 0:
-        raise GpwrefError(argument, "must have at least one column", f"shape {tuple(array.shape)}")
-    if not array.is_c_contiguous():
-        raise GpwrefError(argument, "must be C-contiguous on the device (call .contiguous() first)", f"strides {array.strides}")
-    return array
+    def finish(self, result: Result) -> Result:
+        return result if self.inputs.on_device else _to_host(result)
 
 
 def _cast(k, d_A, dtype):
@@ -1066,15 +896,6 @@ def _cast_kernel(dtype_name):
                 out[i, j] = A[i, j]
 
     return cast
-
-
-def _host(obj):
-    """Labels / indices may live on the device: bring them (m integers) to the host."""
-    if getattr(obj, "__cuda_ndarray__", False):
-        return obj.copy_to_host()
-    if hasattr(obj, "__cuda_array_interface__"):
-        return cuda.as_cuda_array(obj).copy_to_host()
-    return obj
 
 
 def _check_device_memory(m, n, d, dtype, ref_is_batch):
@@ -1121,8 +942,6 @@ def _lifted(k, profile, params, d_S, y, d_y, d_own, dtype, d_G, d_pos, d_neg, d_
     """The lifted loss's rows on the device, the passes of ``backends.lifted_numba``: pass 1 (every
     row's log-sum-exps and counts), a host sum of the counts (Q, PML's pair-count rule), pass 2
     (the chosen form's rows, or zeros). Two launches plus one m x 4 copy to the host."""
-    from .backends import check_counts, lifted_scalars, lifted_zero_rule, pair_rules, same_label_columns
-
     form, distance, pos_margin, neg_margin, gap = lifted_scalars(params)
     rules = pair_rules(profile, dtype)
     scores = (distance, pos_margin, neg_margin, gap)

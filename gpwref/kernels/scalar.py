@@ -149,9 +149,6 @@ def binomial_negative_logit(s, beta, lam):
 COSINE = 0
 EUCLIDEAN = 1
 DISTANCE_CODES = {"cosine": COSINE, "euclidean": EUCLIDEAN}
-ANCHOR_SUM = 0
-AVG_NONZERO = 1
-REDUCTION_CODES = {"anchor_sum": ANCHOR_SUM, "avg_nonzero": AVG_NONZERO}
 
 
 def contrastive_pair(s, positive, distance, linear_pos, pos_margin, neg_margin, duplicate_gap):

@@ -55,12 +55,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..entry import LossEntry, number, one_of, optional
-from ..errors import GpwrefError
 from ..pairs import PairResult, Pairs, zero_by_pair_count
 from ..profiles import Profile
-
-# |2 - 2S| at or below this is a duplicated pair: S = 1, d = 0 (see the module docstring).
-DUPLICATE_SQ_DISTANCE = 1e-12
+from ..rules import DUPLICATE_SQ_DISTANCE, check_margins
 
 
 def snap_duplicates(S: np.ndarray) -> np.ndarray:
@@ -78,15 +75,6 @@ def unit_distance(S: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     d = np.sqrt(np.where(apart, squared, 0.0))
     slope = np.divide(-1.0, d, out=np.zeros_like(d), where=apart)
     return d, slope
-
-
-def check_margins(distance: str, **margins: float | None) -> None:
-    """Distance margins are distances: they must be >= 0 (a negative one makes its hinge vanish or constant)."""
-    if distance != "euclidean":
-        return
-    for name, value in margins.items():
-        if value is not None and value < 0:
-            raise GpwrefError(name, "must be >= 0 with distance='euclidean' (it is a distance on the unit sphere)", repr(value))
 
 
 def pair_terms(S: np.ndarray, distance: str, pos_margin: float | None, neg_margin: float):

@@ -75,15 +75,10 @@ import numpy as np
 from ..entry import LossEntry, number, one_of, per_form
 from ..pairs import PairResult, Pairs, masked_lse, zero_by_pair_count
 from ..profiles import Profile
+from ..rules import DUPLICATE_GAP, for_form
 
 FORMS = ("song", "generalized")
 DISTANCES = ("euclidean", "cosine")
-DUPLICATE_GAP = 1e-12  # 2 - 2S at or below this: a duplicate pair, D = 0 with zero slope
-
-
-def for_form(value, form: str):
-    """A hyper-parameter given per form (a mapping) or for every form (a plain value)."""
-    return value[form] if isinstance(value, Mapping) else value
 
 
 def unit_sphere_distance(S: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

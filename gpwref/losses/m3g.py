@@ -52,7 +52,7 @@ import numpy as np
 
 from ..entry import LossEntry, integer, number
 from ..errors import GpwrefError, as_float_matrix, check_memory
-from ..pairs import PairResult, Pairs, unit_rows
+from ..pairs import PairResult, Pairs, grad_embeddings, through_normalisation, unit_rows
 from ..profiles import Profile
 
 MAX_TENSOR_ENTRIES = 4_000_000
@@ -246,8 +246,7 @@ def matching_gap(views, *, eps: float = 0.1, tol: float = 1e-13, max_iter: int =
             elif q == a:
                 grad_unit += G.T @ units[p]
         if normalize:
-            radial = np.einsum("ij,ij->i", grad_unit, units[a])
-            grad_unit = (grad_unit - units[a] * radial[:, None]) / norms[a][:, None]
+            grad_unit = through_normalisation(grad_unit, units[a], norms[a])
         grad_views.append(grad_unit)
     return MatchingGap(loss, grads, grad_views, transport.coupling, transport.iterations, transport.marginal_error,
                        transport.potentials)

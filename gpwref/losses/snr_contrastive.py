@@ -17,7 +17,8 @@ these distances, each kind averaged over its non-zero terms (AvgNonZeroReducer p
 Why it is not a function of S alone: with unit rows, |v_j - u_i|^2 = 2 - 2 S_ij, but the coordinate
 means mu_i, mu_j (and, with ``normalize=False``, the norms) enter too, so d_ij - and the loss - is a
 function of S AND of each row's mean. The catalog entry therefore names this module's ``compute`` as
-its ``embeddings_function``: ``gpwref.compute("snr_contrastive", X, y, profile="pml")`` runs it from the
+its ``embeddings_function``, the pipeline's hook ``compute(inputs, profile, params) -> Result`` called
+with the validated inputs: ``gpwref.compute("snr_contrastive", X, y, profile="pml")`` runs it from the
 embeddings (NumPy backend, float64), while ``from_similarity`` (S alone) refuses it. Its
 ``grad_sim`` is the GPW weight on S with every row's mean and norm held fixed,
 
@@ -40,8 +41,8 @@ import numpy as np
 
 from ..entry import LossEntry, number
 from ..errors import GpwrefError, check_memory
-from ..pairs import PairResult, Pairs, Result, build_pairs, check_degenerate, unit_rows, zero_by_pair_count
-from ..profiles import Profile, get_profile
+from ..pairs import PairResult, Pairs, Result, build_pairs, check_degenerate, through_normalisation, unit_rows, zero_by_pair_count
+from ..profiles import Profile
 
 
 def value_and_grad(S: np.ndarray, pairs: Pairs, profile: Profile, **hyper) -> PairResult:
@@ -89,36 +90,17 @@ def _terms(d: np.ndarray, pairs: Pairs, profile: Profile, pos_margin: float, neg
     return per_anchor, dloss_dd, pos_active, neg_active
 
 
-def compute(
-    embeddings,
-    labels,
-    *,
-    profile="pml",
-    ref=None,
-    ref_labels=None,
-    normalize: bool = True,
-    ref_self=None,
-    dtype=None,
-    **hyper,
-) -> Result:
+def compute(inputs, profile: Profile, params: dict) -> Result:
     """Value, GPW weights (means held fixed), full embedding gradients and used pairs (see module doc).
 
-    ``dtype``: None or "float64" only (this loss has no float32 path).
+    The catalog's ``embeddings_function`` hook: ``gpwref.pipeline.run`` calls it with the validated
+    ``gpwref.inputs.Inputs`` record (host float64 arrays, row rules already applied), the
+    ``Profile`` and the resolved hyper-parameters, and returns its ``Result`` as is. Float64 only.
     """
-    from ..catalog import get_entry, resolve_hyper  # the catalog imports this module
-
-    entry = get_entry("snr_contrastive")
-    prof = get_profile(profile)
-    params = resolve_hyper(entry, prof.name, hyper)
-    if not isinstance(normalize, (bool, np.bool_)):
-        raise GpwrefError("normalize", "must be True or False", repr(normalize))
-    from ..kernels.backends import select
-
-    if select("numpy", dtype, entry.name) != np.float64:
-        raise GpwrefError("dtype", "snr_contrastive runs in float64 only (None or 'float64')", repr(dtype))
-    from ..core import validated_inputs  # core imports the catalog, which imports this module
-
-    X, y, R, yr, ref_is_batch, ref_self = validated_inputs(entry, embeddings, labels, ref, ref_labels, ref_self)
+    if inputs.dtype != np.float64:
+        raise GpwrefError("dtype", "snr_contrastive runs in float64 only (None or 'float64')", repr(inputs.dtype.name))
+    X, y, R, yr = inputs.embeddings, inputs.labels, inputs.ref, inputs.ref_labels
+    ref_is_batch, ref_self, normalize, prof = inputs.ref_is_batch, inputs.ref_self, inputs.normalize, profile
     m, dims = X.shape
     if dims < 2:
         raise GpwrefError("embeddings", "the SNR distance needs at least 2 coordinates (a variance with D - 1 correction)", f"dimension {dims}")
@@ -136,7 +118,7 @@ def compute(
 
     S = U @ V.T
     pairs = build_pairs(S, y, yr, ref_is_batch, prof, ref_self)
-    check_degenerate(pairs, prof, entry.name)
+    check_degenerate(pairs, prof, "snr_contrastive")
     d, denominator, _ = snr_distance(U, V)
     per_anchor, dloss_dd, pos_active, neg_active = _terms(d, pairs, prof, params["pos_margin"], params["neg_margin"])
     grad_sim = dloss_dd * (-2.0 / denominator[:, None])
@@ -155,9 +137,9 @@ def compute(
         grad_u = grad_u + grad_v
         grad_v = None
     if normalize:
-        grad_u = _project(grad_u, U, norms)
+        grad_u = through_normalisation(grad_u, U, norms)
         if grad_v is not None:
-            grad_v = _project(grad_v, V, ref_norms)
+            grad_v = through_normalisation(grad_v, V, ref_norms)
     return Result(
         loss=float(per_anchor.sum()),
         per_anchor=per_anchor,
@@ -168,16 +150,10 @@ def compute(
         grad_emb=grad_u,
         grad_ref=grad_v,
         sim=S,
-        loss_name=entry.name,
+        loss_name="snr_contrastive",
         profile=prof.name,
         hyper=params,
     )
-
-
-def _project(grad_unit: np.ndarray, unit: np.ndarray, norms: np.ndarray) -> np.ndarray:
-    """Through u = v / |v|: dL/dv = (I - u u^T) dL/du / |v|."""
-    radial = np.einsum("ij,ij->i", grad_unit, unit)
-    return (grad_unit - unit * radial[:, None]) / norms[:, None]
 
 
 ENTRY = LossEntry(

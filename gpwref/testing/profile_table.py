@@ -11,7 +11,7 @@ def profile_table(loss: str, profiles=None) -> str:
     """A Markdown table, one column per profile that defines ``loss`` (or the ``profiles`` named).
 
     Rows: the cross-cutting rules that differ between the profiles, then the loss's
-    hyper-parameter defaults that differ. ``gpwref.profiles.format_diff(a, b, loss=...)`` is the
+    hyper-parameter defaults that differ. ``gpwref.profile_diff.format_diff(a, b, loss=...)`` is the
     two-profile form with the source of each rule.
     """
     entry = get_entry(loss)

@@ -2,7 +2,7 @@
 
 Expected values come from the reference (``backend="numpy"``, float64), which ``verification/``
 proves against torch autograd, finite differences, loops and the real implementations. The
-tolerance policy (``gpwref.kernels.tolerance``) derives every bound from the measured difference
+tolerance policy (``gpwref.testing.kernel_agreement``) derives every bound from the measured difference
 of the similarity matrices; float64 kernels must in addition match to 1e-12 with identical masks.
 """
 
@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 
 import gpwref
 from gpwref.kernels import backends
-from gpwref.kernels.tolerance import agreement
+from gpwref.testing.kernel_agreement import agreement
 from gpwref.testing import batches
 from verification.common import rel_err
 

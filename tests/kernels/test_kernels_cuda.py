@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from numba import cuda  # noqa: E402
 
 import gpwref  # noqa: E402
-from gpwref.kernels.tolerance import agreement  # noqa: E402
+from gpwref.testing.kernel_agreement import agreement  # noqa: E402
 from gpwref.testing import batches  # noqa: E402
 from verification.common import rel_err  # noqa: E402
 

@@ -210,7 +210,7 @@ def test_policy_bounds_are_tight_enough_to_catch_a_wrong_weight(form):
     with one weight off by 1e-4 (relative), or the value off by 1e-4, fails."""
     import dataclasses
 
-    from gpwref.kernels.tolerance import agreement
+    from gpwref.testing.kernel_agreement import agreement
 
     rng = np.random.default_rng(6)
     X, y = rng.normal(size=(48, 16)), np.repeat(np.arange(12), 4)

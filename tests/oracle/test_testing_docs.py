@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gpwref.profiles import format_diff
+from gpwref.profile_diff import format_diff
 from gpwref.testing import profile_table
 
 ROOT = Path(__file__).resolve().parents[2]

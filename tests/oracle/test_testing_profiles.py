@@ -9,7 +9,7 @@ import pytest
 
 import gpwref
 from gpwref.cli import main
-from gpwref.profiles import diff, format_diff
+from gpwref.profile_diff import diff, format_diff
 from gpwref.testing import profile_table
 
 # What the official MS code and pytorch-metric-learning do differently for the MS loss

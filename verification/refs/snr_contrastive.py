@@ -20,7 +20,6 @@ import numpy as np
 import torch
 
 import gpwref
-from gpwref.losses import snr_contrastive as snr
 from .. import harness
 from ..common import NotApplicable, rel_err, rules
 from ..torch_pairs import masks
@@ -134,7 +133,7 @@ def check_embeddings(report, profile, hyper, params, batch, fd):
     """The driver: gpwref's SNR loss computed from the embeddings, checked as the module docstring says."""
     kwargs = batch.compute_kwargs()
     try:
-        ours = snr.compute(batch.embeddings, batch.labels, profile=profile, **kwargs, **hyper)
+        ours = gpwref.compute("snr_contrastive", batch.embeddings, batch.labels, profile=profile, **kwargs, **hyper)
     except gpwref.GpwrefError as error:
         harness.check_refusal(report, REFS, profile, batch, params, error)
         return
@@ -200,7 +199,7 @@ def _fd_embeddings(profile, params, ours, batch, floor: float, h: float = harnes
         kw = dict(kwargs)
         if R_ is not None:
             kw["ref"] = R_
-        return snr.compute(X_, batch.labels, profile=profile, **kw, **params)
+        return gpwref.compute("snr_contrastive", X_, batch.labels, profile=profile, **kw, **params)
 
     grads = [("X", batch.embeddings, ours.grad_emb)]
     if batch.ref is not None:

@@ -109,7 +109,7 @@ def near_boundary(loss: str, want: Result, margin: float, profile, params: dict,
             flip |= pairs.neg & (np.abs(S - (min_pos - eps)) <= 2 * margin)
             flip |= pairs.pos & (np.abs(S - (max_neg + eps)) <= 2 * margin)
     if loss == "contrastive":
-        from ..losses.contrastive import DUPLICATE_SQ_DISTANCE
+        from ..rules import DUPLICATE_SQ_DISTANCE
 
         gap = 2.0 - 2.0 * S
         jump |= (pairs.pos | pairs.neg) & (np.abs(np.abs(gap) - DUPLICATE_SQ_DISTANCE) <= 2 * margin + 1e-15)
@@ -144,7 +144,7 @@ def _conditioning(loss: str, params: dict, want: Result, dS: float, used: np.nda
         weight = 0.0
         if params["distance"] == "euclidean":
             S = np.asarray(want.sim, dtype=np.float64)
-            from ..losses.contrastive import DUPLICATE_SQ_DISTANCE
+            from ..rules import DUPLICATE_SQ_DISTANCE
 
             gap = 2.0 - 2.0 * S[used]
             gap = gap[gap > DUPLICATE_SQ_DISTANCE]
@@ -299,7 +299,7 @@ def _lifted_score_shift(distance: str, gap: np.ndarray, pairs: np.ndarray, dS: f
     non-duplicate distance could reach 0)."""
     if distance == "cosine":
         return dS
-    from ..losses.lifted_structure import DUPLICATE_GAP
+    from ..rules import DUPLICATE_GAP
 
     live = gap[pairs & (gap > DUPLICATE_GAP)]
     if live.size == 0 or dS == 0.0:
@@ -322,7 +322,7 @@ def _lifted_near_boundary(want: Result, margin: float, profile, params: dict, la
             rows = np.abs(logits) <= shift
             flip |= (pos | neg) & rows[:, None]
     if distance == "euclidean":
-        from ..losses.lifted_structure import DUPLICATE_GAP
+        from ..rules import DUPLICATE_GAP
 
         jump |= (pos | neg) & (np.abs(gap - DUPLICATE_GAP) <= 2 * margin + 1e-15)
     return flip, jump
@@ -350,6 +350,6 @@ def _lifted_conditioning(want: Result, dS: float, profile, params: dict, labels)
 
 
 def _for_form(value, form):
-    from ..losses.lifted_structure import for_form
+    from ..rules import for_form
 
     return for_form(value, form)
