@@ -188,7 +188,7 @@ def _official_impl():
         return {"X": torch.tensor(X, dtype=torch.float32), "y": np.asarray(y)}
 
     def run(state):
-        from verification.refs.multi_similarity import official
+        from gpwref_verification.refs.multi_similarity import official
 
         leaf = state["X"].detach().requires_grad_(True)
         value = official(leaf, state["y"], None, None, None, True, **HYPER)

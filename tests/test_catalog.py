@@ -13,7 +13,7 @@ from hypothesis import given, settings
 
 import gpwref
 from gpwref.testing import batches
-from verification.harness import check_case
+from gpwref_verification.harness import check_case
 
 CASES = [
     pytest.param(

@@ -10,7 +10,7 @@ import pytest
 
 import gpwref
 from gpwref import plots
-from verification import docs_table
+from gpwref_verification import docs_table
 
 pytest.importorskip("matplotlib")
 

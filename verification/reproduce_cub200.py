@@ -51,7 +51,7 @@ def _hyper(items) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from verification.repro.config import VARIANTS
+    from .repro.config import VARIANTS
 
     p = argparse.ArgumentParser(
         prog="gpwref reproduce",
@@ -134,7 +134,7 @@ RUN_ONLY = {"dataset", "seeds", "out", "resume", "overwrite", "check", "variant"
 
 
 def config_from_args(args: argparse.Namespace):
-    from verification.repro.config import resolve
+    from .repro.config import resolve
 
     values = vars(args)
     overrides = {k: v for k, v in values.items() if k not in RUN_ONLY}
@@ -155,13 +155,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.list_variants:
-        from verification.repro.config import VARIANTS
+        from .repro.config import VARIANTS
 
         for name, (text, settings) in VARIANTS.items():
             print(f"{name:16s} {text}  {settings}")
         return 0
     try:
-        from verification.repro import train
+        from .repro import train
 
         config = config_from_args(args)
         command = "gpwref reproduce " + " ".join(shlex.quote(a) for a in argv)

@@ -21,7 +21,7 @@ import gpwref
 from gpwref.kernels import backends
 from gpwref.testing.kernel_agreement import agreement
 from gpwref.testing import batches
-from verification.common import rel_err
+from gpwref_verification.common import rel_err
 
 LOSS = "multi_similarity"
 # every kernel loss x every profile it is defined under x every catalog variant

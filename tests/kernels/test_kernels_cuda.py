@@ -28,7 +28,7 @@ from numba import cuda  # noqa: E402
 import gpwref  # noqa: E402
 from gpwref.testing.kernel_agreement import agreement  # noqa: E402
 from gpwref.testing import batches  # noqa: E402
-from verification.common import rel_err  # noqa: E402
+from gpwref_verification.common import rel_err  # noqa: E402
 
 if not cuda.is_available():  # pragma: no cover - numba.cuda was imported (without the simulator) before us
     pytest.skip("no GPU, and numba.cuda was imported before the simulator could be enabled: "

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 import gpwref
 from gpwref.kernels import backends, cpu
 from gpwref.testing import batches, make_batch
-from verification.common import rel_err
+from gpwref_verification.common import rel_err
 
 LOSS = "lifted_structure"
 FORMS = ("song", "generalized")

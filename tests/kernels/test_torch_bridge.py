@@ -11,8 +11,8 @@ import torch
 
 import gpwref
 from gpwref.torch import KernelLoss, MultiSimilarityLoss, loss
-from verification.common import rel_err
-from verification.torch_pairs import masks, similarity
+from gpwref_verification.common import rel_err
+from gpwref_verification.torch_pairs import masks, similarity
 
 LOSS = "multi_similarity"
 
@@ -27,7 +27,7 @@ def _clustered(m, d, k, sigma, seed):
 
 def _autograd_reference(X, y, profile, R=None, yr=None, loss_name=LOSS, **hyper):
     """Value and gradients from torch autograd on verification/refs' independent formulation."""
-    refs = importlib.import_module(f"verification.refs.{loss_name}")
+    refs = importlib.import_module(f"gpwref_verification.refs.{loss_name}")
     params = gpwref.catalog.resolve_hyper(gpwref.get_entry(loss_name), profile, hyper)
     Xt = torch.tensor(X, dtype=torch.float64, requires_grad=True)
     Rt = None if R is None else torch.tensor(R, dtype=torch.float64, requires_grad=True)

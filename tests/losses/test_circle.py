@@ -10,7 +10,7 @@ import torch
 
 import gpwref
 from gpwref.testing import Batch
-from verification.harness import check_case
+from gpwref_verification.harness import check_case
 
 from ._helpers import HAND_S, HAND_S_Y as HAND_Y, _pml, _t, angles_to_rows as _rows
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import gpwref
-from verification.common import NotApplicable
+from gpwref_verification.common import NotApplicable
 
 from ._helpers import C, D12, HAND_X, HAND_Y, R2, _pml, _torch, angles_to_rows, profile_variant_rows
 
@@ -114,7 +114,7 @@ def test_cdist_above_25_rows_is_not_zero_for_duplicates_so_pml_is_not_comparable
     # torch.cdist switches to the matmul formula above 25 rows: a duplicated pair then gets d = 0 or
     # ~1e-8 depending on rounding, and PML's AvgNonZero counts it in the latter case. gpwref keeps
     # d = 0; the PML reference refuses such batches.
-    from verification.refs import contrastive as refs
+    from gpwref_verification.refs import contrastive as refs
 
     rng = np.random.default_rng(1)
     for _ in range(100):

@@ -9,7 +9,7 @@ import pytest
 
 import gpwref
 from gpwref.testing import Batch
-from verification.harness import check_case
+from gpwref_verification.harness import check_case
 
 from ._helpers import sigmoid, softplus
 

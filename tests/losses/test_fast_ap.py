@@ -56,7 +56,7 @@ def test_fast_ap_weights_can_break_the_gpw_sign():
 
 def test_fast_ap_official_backward_is_n_alive_over_two_times_the_gradient():
     # catalog.md section 3 item 13: the official hand-written backward returns (N'/2) dL/dX.
-    from verification.refs.fast_ap import _OfficialFastAP
+    from gpwref_verification.refs.fast_ap import _OfficialFastAP
 
     rng = np.random.default_rng(2)
     X = rng.normal(size=(8, 4))
@@ -127,8 +127,8 @@ def test_fast_ap_kink_with_a_tiny_slope_jump():
 def test_fast_ap_fd_check_skips_grid_crossings_and_still_fails_a_wrong_gradient():
     from types import SimpleNamespace
 
-    from verification.refs import fast_ap as ref
-    from verification.harness import frozen_fd_error
+    from gpwref_verification.refs import fast_ap as ref
+    from gpwref_verification.harness import frozen_fd_error
 
     y, yr = FAST_AP_KINK_LABELS
     pos, neg = yr[None, :] == y[:, None], yr[None, :] != y[:, None]
@@ -161,7 +161,7 @@ def test_fast_ap_fd_check_skips_grid_crossings_and_still_fails_a_wrong_gradient(
 def test_fast_ap_exact_bin_centre_in_pml_and_the_official_code():
     from pytorch_metric_learning.losses import FastAPLoss
 
-    from verification.refs.fast_ap import _OfficialFastAP
+    from gpwref_verification.refs.fast_ap import _OfficialFastAP
 
     rng = np.random.default_rng(0)
     a, b = np.array([0.5, 0.5, 0.5, 0.5, 0.0]), np.array([0.5, 0.5, 0.5, -0.5, 0.0])

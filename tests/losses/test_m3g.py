@@ -10,7 +10,7 @@ import pytest
 import gpwref
 from gpwref.losses import m3g as m3g_module
 from gpwref.testing import Batch
-from verification.harness import check_case
+from gpwref_verification.harness import check_case
 
 from ._helpers import sigmoid
 

@@ -41,7 +41,7 @@ def test_pce_bound_is_exactly_zero_on_one_class():
 
 
 def test_pce_bound_forms_agree():
-    from verification.refs.pce_bound import paper_form
+    from gpwref_verification.refs.pce_bound import paper_form
 
     rng = np.random.default_rng(2)
     for _ in range(20):

@@ -33,7 +33,7 @@ def test_pixel_affinity_hand_derived():
 
 
 def test_pixel_affinity_matches_boxsnake_code():
-    from verification.refs.pixel_affinity import boxsnake_code
+    from gpwref_verification.refs.pixel_affinity import boxsnake_code
 
     rng = np.random.default_rng(0)
     m = rng.uniform(0.05, 0.95, size=12)

@@ -11,8 +11,8 @@ import torch
 import gpwref
 from gpwref.losses import pnp as pnp_module
 from gpwref.testing import make_batch
-from verification.common import NotApplicable
-from verification.harness import check_case
+from gpwref_verification.common import NotApplicable
+from gpwref_verification.harness import check_case
 
 from ._helpers import sigmoid, sigmoid_slope
 
@@ -98,7 +98,7 @@ def test_pnp_pml_ib_gradient_is_round_off_on_a_separated_batch():
     # applicable there rather than comparing round-off.
     from pytorch_metric_learning.losses import PNPLoss
 
-    from verification.refs import pnp as ref
+    from gpwref_verification.refs import pnp as ref
 
     angles = np.array([0.0, 0.01, 1.0, 1.01])
     X = np.stack([np.cos(angles), np.sin(angles)], axis=1)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import gpwref
-from verification.refs.proxy_anchor import pml_labels, proxy_batch
+from gpwref_verification.refs.proxy_anchor import pml_labels, proxy_batch
 
 from ._helpers import PROXY_PARAMS
 
@@ -42,7 +42,7 @@ def test_proxy_nca_hand_derived_and_the_positive_in_the_denominator():
 def test_proxy_nca_conventions_match_their_codes():
     # catalog.md section 3 item 18: PML = positive included, scale 1; RDML = positive excluded, 3x
     # on both sides (scale 9). Each code agrees with its own rule and not with the other.
-    from verification.refs import proxy_nca as ref
+    from gpwref_verification.refs import proxy_nca as ref
 
     b = proxy_batch(np.random.default_rng(5), m=6, classes=3, singletons=False, one_class=False)
     X = torch.tensor(b.embeddings, requires_grad=True)
@@ -61,7 +61,7 @@ def test_proxy_nca_conventions_match_their_codes():
 def test_proxy_gradient_matches_pml_parameter_gradient(loss, seed):
     import importlib
 
-    ref = importlib.import_module(f"verification.refs.{loss}")
+    ref = importlib.import_module(f"gpwref_verification.refs.{loss}")
     per_class = 2 if loss == "soft_triple" else 1
     b = proxy_batch(np.random.default_rng(seed), per_class=per_class)
     ours = gpwref.compute(loss, b.embeddings, b.labels, profile="pml", ref=b.ref, ref_labels=b.ref_labels)

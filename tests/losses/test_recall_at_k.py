@@ -52,7 +52,7 @@ def test_recall_at_k_simix_is_the_loss_on_explicitly_mixed_embeddings():
 def test_recall_at_k_official_rules_with_simix():
     # catalog.md section 3 items 14-15: query in every rank sum, clamped sigmoids, recall capped at k,
     # SiMix rows inserted after each class group (official order), enlarged batch as the divisor.
-    from verification.refs import recall_at_k as ref
+    from gpwref_verification.refs import recall_at_k as ref
 
     b = ref.simix_batch(np.random.default_rng(3))
     hyper = dict(k_values=(1, 2, 4), include_query=True, sigmoid_clamp=50.0, recall_cap=True, simix=0.3)
@@ -78,7 +78,7 @@ def test_recall_at_k_official_rules_with_simix():
 
 
 def test_recall_at_k_tied_one_class_batch_cancels_to_zero():
-    from verification.refs import recall_at_k as ref
+    from gpwref_verification.refs import recall_at_k as ref
 
     X = np.tile([[1.0, 0.0]], (3, 1))  # a unit row three times: S = 1 exactly
     y = np.array([0, 0, 0])
@@ -138,7 +138,7 @@ def test_recall_at_k_recall_cap_drops_the_capped_k():
 def test_recall_at_k_checks_catch_a_wrong_slope(monkeypatch, knobs):
     from gpwref.losses import recall_at_k as module
     from gpwref.testing import make_batch
-    from verification.harness import check_case
+    from gpwref_verification.harness import check_case
 
     honest = module.sigmoid_and_slope
 
@@ -164,7 +164,7 @@ def test_recall_at_k_checks_catch_a_wrong_slope(monkeypatch, knobs):
 
 def test_recall_at_k_checks_pass_where_the_cap_binds():
     from gpwref.testing import make_batch
-    from verification.harness import check_case
+    from gpwref_verification.harness import check_case
 
     hyper = dict(recall_cap=True, tau2=30.0, k_values=(1, 2))
     binds = 0

@@ -11,7 +11,7 @@ import torch
 import gpwref
 from gpwref.losses import smooth_ap as smooth_ap_module
 from gpwref.testing import make_batch
-from verification.harness import check_case
+from gpwref_verification.harness import check_case
 
 from ._helpers import sigmoid, sigmoid_slope
 
@@ -63,7 +63,7 @@ def test_smooth_ap_pml_groups_the_batch_in_blocks_of_the_class_count():
 
 
 def test_smooth_ap_official_rules_on_a_class_sorted_batch():
-    from verification.refs import smooth_ap as ref
+    from gpwref_verification.refs import smooth_ap as ref
 
     b = ref.grouped_batch(np.random.default_rng(4), square=False)
     X = torch.tensor(b.embeddings, requires_grad=True)
@@ -146,7 +146,7 @@ def test_smooth_ap_exact_increments_resolve_a_saturated_gradient():
     # One query, positive at 0.1 and negative at 0.9, tau = 0.01: L = g(0.8) / (1 + g(0.8)) ~ 1/2 but
     # G = +-g'(0.8) / (1 + g(0.8))^2 ~ e^-80 / tau / 4 ~ 4.5e-34. A float64 central difference only
     # sees round-off (~1e-10); the refs module's frozen_value (exact increments) recovers G.
-    from verification.refs import smooth_ap as ref
+    from gpwref_verification.refs import smooth_ap as ref
 
     tau, sp, sn = 0.01, 0.1, 0.9
     want = sigmoid_slope(sn - sp, tau) / (1 + sigmoid((sn - sp) / tau)) ** 2
@@ -209,7 +209,7 @@ def test_smooth_ap_checks_catch_a_wrong_cross_term_under_the_floor(monkeypatch):
 
 @pytest.mark.parametrize("seed", range(4))
 def test_smooth_ap_every_check_with_the_real_codes_on_grouped_batches(seed):
-    from verification.refs import smooth_ap as ref
+    from gpwref_verification.refs import smooth_ap as ref
 
     for profile, hyper, real in [
         ("pml", {}, "real:pytorch-metric-learning dX"),

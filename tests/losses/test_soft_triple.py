@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import gpwref
-from verification.refs.proxy_anchor import pml_labels, proxy_batch
+from gpwref_verification.refs.proxy_anchor import pml_labels, proxy_batch
 
 from ._helpers import PROXY_PARAMS, sigmoid
 
@@ -66,7 +66,7 @@ def test_soft_triple_rdml_softmax_over_classes():
 def test_proxy_gradient_matches_pml_parameter_gradient(loss, seed):
     import importlib
 
-    ref = importlib.import_module(f"verification.refs.{loss}")
+    ref = importlib.import_module(f"gpwref_verification.refs.{loss}")
     per_class = 2 if loss == "soft_triple" else 1
     b = proxy_batch(np.random.default_rng(seed), per_class=per_class)
     ours = gpwref.compute(loss, b.embeddings, b.labels, profile="pml", ref=b.ref, ref_labels=b.ref_labels)

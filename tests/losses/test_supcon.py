@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import gpwref
-from verification.common import NotApplicable
-from verification.refs import supcon as supcon_refs
+from gpwref_verification.common import NotApplicable
+from gpwref_verification.refs import supcon as supcon_refs
 
 from ._helpers import HAND_S, HAND_S_Y as HAND_Y, _pml, _t, angles_to_rows as _rows
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import gpwref
-from verification.repro.loss_bridge import BRIDGE_NOTE, BRIDGE_PATH, GpwrefLoss, crosscheck, path_for
+from gpwref_verification.repro.loss_bridge import BRIDGE_NOTE, BRIDGE_PATH, GpwrefLoss, crosscheck, path_for
 
 OFFICIAL_MS = {"alpha": 2.0, "beta": 40.0, "lam": 0.5, "eps": 0.1}
 

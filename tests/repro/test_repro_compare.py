@@ -7,7 +7,7 @@ import json
 import pytest
 
 import gpwref
-from verification import compare_losses
+from gpwref_verification import compare_losses
 
 
 def test_rows_parse_and_bad_rows_are_refused():

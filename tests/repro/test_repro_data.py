@@ -8,11 +8,11 @@ import pytest
 from PIL import Image
 
 from gpwref import GpwrefError
-from verification.repro.data import CUB_COUNTS, read_cub, read_omniglot, split_validation
-from verification.repro.fixtures import cub_counts as tiny_counts
-from verification.repro.fixtures import make_cub_folder as make_cub
-from verification.repro.transforms import InputSpec, center_crop, random_resized_box, resize_shorter, to_array, train_view
-from verification.repro.transforms import test_view as eval_view  # (a test_ name would be collected)
+from gpwref_verification.repro.data import CUB_COUNTS, read_cub, read_omniglot, split_validation
+from gpwref_verification.repro.fixtures import cub_counts as tiny_counts
+from gpwref_verification.repro.fixtures import make_cub_folder as make_cub
+from gpwref_verification.repro.transforms import InputSpec, center_crop, random_resized_box, resize_shorter, to_array, train_view
+from gpwref_verification.repro.transforms import test_view as eval_view  # (a test_ name would be collected)
 
 
 def test_reads_a_folder_in_the_cub_layout(tmp_path):

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from gpwref import GpwrefError
-from verification.repro import train
-from verification.repro.bninception import BNInception
-from verification.repro.config import resolve
-from verification.repro.fixtures import make_cub_folder as make_cub
-from verification.reproduce_cub200 import main
+from gpwref_verification.repro import train
+from gpwref_verification.repro.bninception import BNInception
+from gpwref_verification.repro.config import resolve
+from gpwref_verification.repro.fixtures import make_cub_folder as make_cub
+from gpwref_verification.reproduce_cub200 import main
 
 FAST_OMNIGLOT = dict(iterations=60, lr=3e-3, lr_steps=(40,), eval_every=60, crosscheck_every=30, threads=1, resize=28, crop=28)
 
@@ -108,7 +108,7 @@ def test_variants_and_flags_resolve():
 
 
 def test_command_line_flags_reach_the_settings():
-    from verification.reproduce_cub200 import build_parser, config_from_args
+    from gpwref_verification.reproduce_cub200 import build_parser, config_from_args
 
     args = build_parser().parse_args(["--dataset", "omniglot", "--loss", "triplet", "--hyper", "mining=semi_hard", "margin=0.2",
                                       "--variant", "avgpool", "--lr-steps", "100", "--crop-scale", "0.5", "1", "--no-freeze-bn"])

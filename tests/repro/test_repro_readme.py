@@ -6,7 +6,7 @@ import json
 import re
 import shutil
 
-from verification.repro import readme_tables
+from gpwref_verification.repro import readme_tables
 
 RESULTS = readme_tables.RESULTS
 

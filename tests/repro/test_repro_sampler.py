@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from gpwref import GpwrefError
-from verification.repro.sampler import ClassBalancedSampler
+from gpwref_verification.repro.sampler import ClassBalancedSampler
 
 
 def take(sampler, count):

@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from gpwref import GpwrefError
-from verification.repro import train
-from verification.repro.config import resolve
-from verification.repro.data import ImageSet, read_omniglot, split_validation_alphabets
-from verification.repro.fixtures import make_omniglot_folder
-from verification.repro.metrics import retrieval_metrics
-from verification.repro.transforms import InputSpec, train_view
-from verification.repro.transforms import test_view as eval_view  # (a test_ name would be collected)
+from gpwref_verification.repro import train
+from gpwref_verification.repro.config import resolve
+from gpwref_verification.repro.data import ImageSet, read_omniglot, split_validation_alphabets
+from gpwref_verification.repro.fixtures import make_omniglot_folder
+from gpwref_verification.repro.metrics import retrieval_metrics
+from gpwref_verification.repro.transforms import InputSpec, train_view
+from gpwref_verification.repro.transforms import test_view as eval_view  # (a test_ name would be collected)
 
 TINY = dict(allow_nonstandard_data=True, resize=16, crop=16, classes_per_batch=4, instances=2, iterations=4, eval_every=2,
             crosscheck_every=0, ks=(1, 2), val_alphabets=1, val_fraction=0.25, threads=1, lr=1e-2, lr_steps=(3,))
@@ -124,7 +124,7 @@ def test_one_pass_training_views_keep_the_stroke_contrast_of_test_views():
 
 
 def test_the_new_flags_reach_the_settings():
-    from verification.reproduce_cub200 import build_parser, config_from_args
+    from gpwref_verification.reproduce_cub200 import build_parser, config_from_args
 
     config = config_from_args(build_parser().parse_args(["--dataset", "omniglot", "--val-alphabets", "2", "--val-fraction", "0", "--resample", "two-pass", "--no-save-best"]))
     assert (config.val_alphabets, config.val_fraction, config.resample, config.save_best) == (2, 0.0, "two-pass", False)

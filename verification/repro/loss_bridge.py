@@ -136,7 +136,7 @@ def crosscheck(loss_module: GpwrefLoss, embeddings: torch.Tensor, labels, bridge
     normwise relative (``verification.common.rel_err``). On the kernel path the kernels are run
     once more through ``gpwref.compute(backend=...)`` to compare their pairs and weights too.
     """
-    from verification.common import rel_err
+    from ..common import rel_err
 
     X = embeddings.detach().to(device="cpu", dtype=torch.float64).numpy()
     y = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
@@ -172,7 +172,7 @@ def crosscheck(loss_module: GpwrefLoss, embeddings: torch.Tensor, labels, bridge
 def _independent(loss_module: GpwrefLoss, X: np.ndarray, y: np.ndarray) -> dict:
     """``verification.harness.check_case`` on this batch (no finite differences: too slow at m = 80)."""
     from gpwref.testing import Batch
-    from verification.harness import TOLERANCES, check_case
+    from ..harness import TOLERANCES, check_case
 
     overrides = {k: v for k, v in loss_module.hyper.items()}
     # The official MS rules recognise self pairs by value and need unit rows: renormalising unit
