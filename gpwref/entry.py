@@ -14,7 +14,7 @@ from __future__ import annotations
 import inspect
 import math
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 import numpy as np
@@ -189,10 +189,13 @@ class LossEntry:
     limits: str = ""  # known limits, with reasons
     boundary_param: str | None = None  # the hyper-parameter a drawn batch's exact-boundary value sets
     family: str = "pair"  # "pair" (sample-sample), "proxy" (sample-proxy), "ranking", "other"
-    # A loss that is not a function of (S, labels) alone: ``compute(embeddings, labels, *, profile,
-    # ref, ref_labels, normalize, ref_self, **hyper) -> Result``, which ``gpwref.compute`` calls in
-    # place of the S pipeline (``function`` then refuses S with the reason).
+    # A loss that is not a function of (S, labels) alone: ``embeddings_function(inputs, profile, params)
+    # -> Result``, which the pipeline calls on the validated ``Inputs`` in place of the S stages
+    # (``function`` then refuses S with the reason).
     embeddings_function: Callable | None = None
+    # The real implementations this entry is verified against: implementation -> its class or function,
+    # e.g. {"pytorch-metric-learning": "MultiSimilarityLoss"} ("gpwref list --json" prints it).
+    counterparts: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def doc(self) -> str:
