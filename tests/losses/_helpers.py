@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import gpwref
+from gpwref_verification.refs.proxy_anchor import pml_labels, proxy_batch
 
 
 def angles_to_rows(*degrees):
@@ -104,3 +105,50 @@ PROXY_PARAMS = {
 def sigmoid_slope(x, tau):
     """d sigmoid(x / tau) / dx = sigmoid(x/tau) sigmoid(-x/tau) / tau."""
     return sigmoid(x / tau) * sigmoid(-x / tau) / tau
+
+
+def proxy_gradient_matches_pml(loss, seed):
+    """gpwref.compute's grad_emb and grad_ref (the proxies) against PML's own parameter gradients."""
+    import importlib
+
+    ref = importlib.import_module(f"gpwref_verification.refs.{loss}")
+    per_class = 2 if loss == "soft_triple" else 1
+    b = proxy_batch(np.random.default_rng(seed), per_class=per_class)
+    ours = gpwref.compute(loss, b.embeddings, b.labels, profile="pml", ref=b.ref, ref_labels=b.ref_labels)
+    X = torch.tensor(b.embeddings, requires_grad=True)
+    R = torch.tensor(b.ref)
+    if loss == "soft_triple":
+        module, classes, order = ref.pml_module(R, b.ref_labels, la=20.0, gamma=0.1, margin=0.01)
+        y = torch.as_tensor([classes.index(int(c)) for c in b.labels])
+        module(X, y).backward()
+        grad_W = np.zeros_like(b.ref)
+        grad_W[order.numpy()] = module.fc.grad.numpy().T
+    else:
+        y = pml_labels(b.labels, R, b.ref_labels, None, True, every_sample_has_proxy=loss != "proxy_nca")
+        if loss == "proxy_anchor":
+            module, name = ref.pml_module(R, **PROXY_PARAMS[loss]), "proxies"
+        else:
+            module, name = ref.pml_module(R, **PROXY_PARAMS[loss])
+        module(X, y).backward()
+        grad = getattr(module, name).grad.numpy()
+        grad_W = grad if name == "proxies" else grad.T
+    scale = max(np.abs(grad_W).max(), 1e-300)
+    assert np.max(np.abs(ours.grad_ref - grad_W)) / scale < 1e-9
+    assert np.max(np.abs(ours.grad_emb - X.grad.numpy())) / max(np.abs(X.grad.numpy()).max(), 1e-300) < 1e-9
+
+
+def degenerate_batches_give_zero_or_finite(loss, profile, variant):
+    """m = 1 gives exactly zero; one class, all singletons and all-tied rows give finite results."""
+    # m = 1: no pair at all -> loss 0, G 0.
+    one = gpwref.compute(loss, angles_to_rows(10), np.array([3]), profile=profile, **variant)
+    assert one.loss == 0.0 and not one.grad_sim.any() and not one.per_anchor.any()
+    # one class (no negative) and all singletons (no positive): finite; no triplet exists.
+    X = angles_to_rows(0, 50, 130, 200)
+    for y in (np.zeros(4, dtype=int), np.arange(4)):
+        r = gpwref.compute(loss, X, y, profile=profile, **variant)
+        assert np.isfinite(r.loss) and np.all(np.isfinite(r.grad_sim)) and np.all(np.isfinite(r.grad_emb))
+        if loss == "triplet":
+            assert r.loss == 0.0 and not r.grad_sim.any()
+    # all rows identical (every pair tied): finite everywhere.
+    tied = gpwref.compute(loss, np.ones((4, 3)), np.array([0, 0, 1, 1]), profile=profile, **variant)
+    assert np.isfinite(tied.loss) and np.all(np.isfinite(tied.grad_emb))

@@ -11,7 +11,7 @@ import torch
 import gpwref
 from gpwref_verification.common import NotApplicable
 
-from ._helpers import C, D12, HAND_X, HAND_Y, R2, _pml, _torch, angles_to_rows, profile_variant_rows
+from ._helpers import C, D12, HAND_X, HAND_Y, R2, _pml, _torch, angles_to_rows, profile_variant_rows, degenerate_batches_give_zero_or_finite
 
 
 def test_contrastive_paper_hand_derived():
@@ -133,20 +133,7 @@ def test_cdist_above_25_rows_is_not_zero_for_duplicates_so_pml_is_not_comparable
 
 @pytest.mark.parametrize("loss,profile,variant", profile_variant_rows("contrastive"))
 def test_degenerate_batches_give_zero_or_finite(loss, profile, variant):
-    # m = 1: no pair at all -> loss 0, G 0.
-    one = gpwref.compute(loss, angles_to_rows(10), np.array([3]), profile=profile, **variant)
-    assert one.loss == 0.0 and not one.grad_sim.any() and not one.per_anchor.any()
-    # one class (no negative) and all singletons (no positive): finite; no triplet exists.
-    X = angles_to_rows(0, 50, 130, 200)
-    for y in (np.zeros(4, dtype=int), np.arange(4)):
-        r = gpwref.compute(loss, X, y, profile=profile, **variant)
-        assert np.isfinite(r.loss) and np.all(np.isfinite(r.grad_sim)) and np.all(np.isfinite(r.grad_emb))
-        if loss == "triplet":
-            assert r.loss == 0.0 and not r.grad_sim.any()
-    # all rows identical (every pair tied): finite everywhere.
-    tied = gpwref.compute(loss, np.ones((4, 3)), np.array([0, 0, 1, 1]), profile=profile, **variant)
-    assert np.isfinite(tied.loss) and np.all(np.isfinite(tied.grad_emb))
-
+    degenerate_batches_give_zero_or_finite(loss, profile, variant)
 
 @pytest.mark.parametrize(
     "loss,hyper,argument",
