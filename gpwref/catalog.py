@@ -43,6 +43,8 @@ from .losses import fast_ap
 from .losses import smooth_ap
 from .losses import pnp
 from .losses import recall_at_k
+from .losses import intra_pair_variance  # catpml
+from .losses import threshold_consistent_margin  # catpml
 
 __all__ = ["CATALOG", "LOSSES", "Hyper", "LossEntry", "get_entry", "resolve_hyper"]
 
@@ -80,6 +82,9 @@ CATALOG: tuple[LossEntry, ...] = (
     smooth_ap.ENTRY,
     pnp.ENTRY,
     recall_at_k.ENTRY,
+    # catpml
+    intra_pair_variance.ENTRY,
+    threshold_consistent_margin.ENTRY,
     # --- new entries above this line (one module's ENTRY per loss; keep this marker) ---
 )
 
