@@ -45,6 +45,7 @@ from .losses import pnp
 from .losses import recall_at_k
 from .losses import intra_pair_variance  # catpml
 from .losses import threshold_consistent_margin  # catpml
+from .losses import angular  # catpml
 
 __all__ = ["CATALOG", "LOSSES", "Hyper", "LossEntry", "get_entry", "resolve_hyper"]
 
@@ -85,6 +86,7 @@ CATALOG: tuple[LossEntry, ...] = (
     # catpml
     intra_pair_variance.ENTRY,
     threshold_consistent_margin.ENTRY,
+    angular.ENTRY,
     # --- new entries above this line (one module's ENTRY per loss; keep this marker) ---
 )
 
