@@ -38,6 +38,28 @@ loop written from the closed-form weights, then the real implementations by name
 """
 
 
+# pytorch-metric-learning loss classes that have no catalog entry, each with the reason read from its
+# source (pytorch_metric_learning/losses/ in the installed 2.9): class name -> why it is not a pair loss.
+PML_WITHOUT_ENTRY: tuple[tuple[str, str], ...] = (
+    # catpml
+    ("DynamicSoftMarginLoss",
+     "it weights each triplet's d_ap - d_an by the CDF of a histogram of those differences that the loss "
+     "object keeps across calls (momentum 0.01), so a batch's value depends on every earlier batch; only "
+     "the first batch of a fresh object is a function of S. The histogram is not detached: in 2.9 the "
+     "second backward through one object fails (\"Trying to backward through the graph a second time\")."),
+    ("ManifoldLoss",
+     "it is not built from labelled pairs: it refuses labels (meta-classes are drawn at random or passed "
+     "as indices_tuple), learns its own K proxies (an nn.Parameter), and scores a random-walk diffusion "
+     "matrix (1 - alpha) (I - alpha D^-1/2 W D^-1/2)^-1 over the embeddings and proxies together."),
+    ("InstanceLoss",
+     "each row of gamma S (all batch columns, the self pair included) gets a cross-entropy whose target "
+     "is column rank(y_i) (torch.unique's inverse index): a position in the batch, not a class, so the "
+     "value changes when two samples swap places and no pair is positive by its labels. The paper's "
+     "instance loss (Zheng et al., ACM TOMM 2020) is a classifier with one learned weight per training "
+     "instance."),
+)
+
+
 def _cell(text: str) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
@@ -82,6 +104,10 @@ def generate() -> str:
     if limits:
         lines += ["", "## Known limits", ""]
         lines += [f"- **{name}**: {_cell(text)}" for name, text in limits]
+    if PML_WITHOUT_ENTRY:
+        lines += ["", "## PML classes without an entry", "",
+                  "pytorch-metric-learning loss classes that are not pair losses, and why:", ""]
+        lines += [f"- **{name}**: {_cell(text)}" for name, text in PML_WITHOUT_ENTRY]
     return "\n".join(lines) + "\n"
 
 

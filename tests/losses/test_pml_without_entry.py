@@ -1,0 +1,49 @@
+"""The reasons docs/catalog.md gives for PML loss classes without an entry, checked on PML itself."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gpwref_verification.docs_table import PML_WITHOUT_ENTRY
+
+from ._helpers import _pml
+
+
+def _batch(seed: int):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(8, 4, dtype=torch.float64, generator=generator, requires_grad=True), torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+
+
+def test_the_listed_classes_exist_in_pml():
+    from pytorch_metric_learning import losses
+
+    for name, reason in PML_WITHOUT_ENTRY:
+        assert hasattr(losses, name) and reason
+
+
+def test_dynamic_soft_margin_keeps_state_across_batches():
+    # The second batch's value depends on the first (a fresh object gives another value), and the
+    # histogram carries the first batch's graph, so the second backward fails.
+    (X1, y), (X2, _) = _batch(0), _batch(1)
+    loss = _pml("DynamicSoftMarginLoss")
+    loss(X1, y).backward()
+    second = loss(X2, y)
+    fresh = _pml("DynamicSoftMarginLoss")(X2, y)
+    assert abs(second.item() - fresh.item()) > 1e-6
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        second.backward()
+
+
+def test_instance_loss_depends_on_the_order_of_the_batch():
+    # Swapping samples 0 and 1 (same label) permutes S consistently; a loss of labelled pairs would not change.
+    X, y = _batch(0)
+    order = torch.tensor([1, 0, 2, 3, 4, 5, 6, 7])
+    loss = _pml("InstanceLoss")
+    assert abs(loss(X, y).item() - loss(X[order], y[order]).item()) > 1e-3
+
+
+def test_manifold_loss_refuses_labels():
+    X, y = _batch(0)
+    with pytest.raises(ValueError, match="labels are ref_labels are not supported"):
+        _pml("ManifoldLoss", l=4, K=3)(X, y)
