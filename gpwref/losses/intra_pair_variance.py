@@ -17,7 +17,7 @@ every pair of a kind is weighted through the mean. With H_P = sum_P h_ij and H_N
     G_ij = (2/|N|) ( h_ij - (1 + neg_eps) H_N / |N| )      (ij in N)
 
 from dL_P/dS_kl = (1/|P|) sum_ij 2 h_ij ((1 - pos_eps)/|P| - [ij = kl]). Similarities used: self (h_ij)
-and negative-relative (the mean of the same kind; "negative" in the GPW sense of "same kind").
+and negative-relative (each pair against the mean of the pairs of its own kind, over the batch).
 
 GPW sign: broken. A positive above the threshold (h_ij = 0) still gets G_ij = 2 (1 - pos_eps) H_P /
 |P|^2 > 0 through the mean, i.e. it is pushed down towards the others (the loss shrinks the spread,
