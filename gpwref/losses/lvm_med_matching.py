@@ -25,6 +25,9 @@ phi(v) = (v, v (x) v), and interpolation parameter lam > 0 (``lam``)::
     G_ij = dL/dS_ij = (1/lam) (y_ij - y_lam,ij)
 
 (the papers minimise costs w; with w = -theta their -(1/lam)(y(w) - y(w + lam dL/dy)) is this).
+``margin`` >= 0 is BB-GM's cost margin (Rolinek et al. section 3.3, alpha = 1 there): both solves see
+c - margin I, the true pairs made harder, so L is only zero with that much to spare; G is unchanged
+in form (dc/dS = 1).
 Derivation: it is the exact gradient of the piecewise-linear interpolation
 
     f_lam(theta) = L(y_lam) + (1/lam) [ O(theta, y) - O(theta, y_lam) ]
@@ -62,7 +65,11 @@ What the paper leaves open (its public repository, duyhominhnguyen/LVM-Med, hold
 backbones and downstream segmentation / classification / detection code, not the pre-training loss):
 the node features are gpwref's embeddings as given (the paper's message-passing network over global
 and local features sits upstream, in the model); the graphs are complete (the paper builds k-NN
-graphs); the edge affinity is the product A_ik B_jl and its weight edge_weight / (n - 1); the QAP
+graphs); the edge affinity is the product A_ik B_jl and its weight edge_weight / (n - 1). (BB-GM's
+edge affinity, the inner product of edge features u_i - u_k and v_j - v_l, would be degenerate on
+complete graphs: summed over a matching p it is 2n sum_i S_i,p(i) - 2 sum_ij S_ij, the first-order
+objective rescaled plus a constant; it needs sparse graphs to add anything.) Whether LVM-Med uses the
+cost margin is not stated (default 0). The QAP
 solver is exact or spectral (the paper uses a dedicated graph-matching solver); lam's value
 (default 80, BB-GM's) and the Hamming scale are not stated for LVM-Med; the paper's other loss
 terms (e.g. a contrastive term on the node features) are not modelled.
@@ -164,9 +171,10 @@ def _perm_matrix(perm: np.ndarray) -> np.ndarray:
     return P
 
 
-def blackbox(c, A, B, *, lam, hamming, order, solver, edge_weight) -> dict:
+def blackbox(c, A, B, *, lam, hamming, order, solver, edge_weight, margin) -> dict:
     """Both solves on the aligned problem (item i of view 1 is item i of view 2) and the gradients."""
     n = c.shape[0]
+    c = c - margin * np.eye(n)  # the cost margin: the true pairs' affinities lowered by margin (dc/dS = 1)
     scale = 1.0 if hamming == "sum" else 1.0 / n
     truth = np.eye(n)
     g = scale * (1.0 - 2.0 * truth)  # dL/dy
@@ -224,13 +232,14 @@ def _result(S, pairs, match, solved) -> PairResult:
 
 
 def value_and_grad(S: np.ndarray, pairs: Pairs, profile: Profile, *, lam: float, hamming: str, order: str,
-                   solver: str, edge_weight: float) -> PairResult:
+                   solver: str, edge_weight: float, margin: float) -> PairResult:
     """The first-order form as a function of S; the second order needs the views (``compute``)."""
     if order != "first":
         raise GpwrefError("order", "the second-order form needs both views' edge weights, not S alone: call "
                           "gpwref.compute('lvm_med_matching', view1, ids, ref=view2, ref_labels=ids, order='second')", repr(order))
     match = matching(pairs)
-    solved = blackbox(S[:, match], None, None, lam=lam, hamming=hamming, order=order, solver=solver, edge_weight=edge_weight)
+    solved = blackbox(S[:, match], None, None, lam=lam, hamming=hamming, order=order, solver=solver,
+                      edge_weight=edge_weight, margin=margin)
     return _result(S, pairs, match, solved)
 
 
@@ -277,13 +286,14 @@ ENTRY = LossEntry(
     function=value_and_grad,
     embeddings_function=compute,
     hyper={"lam": number(above=0), "hamming": one_of("sum", "mean"), "order": one_of("first", "second"),
-           "solver": one_of("exact", "spectral"), "edge_weight": number(at_least=0)},
-    defaults={"paper": {"lam": 80.0, "hamming": "sum", "order": "first", "solver": "exact", "edge_weight": 1.0}},
+           "solver": one_of("exact", "spectral"), "edge_weight": number(at_least=0), "margin": number(at_least=0)},
+    defaults={"paper": {"lam": 80.0, "hamming": "sum", "order": "first", "solver": "exact", "edge_weight": 1.0,
+                        "margin": 0.0}},
     reference="Nguyen et al. LVM-Med: Learning Large-Scale Self-Supervised Vision Models for Medical Imaging via "
     "Second-order Graph Matching. NeurIPS 2023 (blackbox gradients: Vlastelica et al. ICLR 2020; Rolinek et al. ECCV 2020)",
     similarities=("negative-relative",),
     gpw_sign=False,
-    variants=({}, {"lam": 2.0, "hamming": "mean"}, {"order": "second"}, {"order": "second", "solver": "spectral", "lam": 0.5}),
+    variants=({}, {"lam": 2.0, "hamming": "mean", "margin": 0.3}, {"order": "second"}, {"order": "second", "solver": "spectral", "lam": 0.5}),
     limits="two views (second view as ref, item ids once per view); complete graphs, product edge affinities; "
     f"second order exact up to {MAX_EXACT_ITEMS} items, spectral (approximate) beyond; the paper's GNN and k-NN graphs not modelled",
     family="other",

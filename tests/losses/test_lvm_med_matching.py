@@ -37,6 +37,19 @@ def test_first_order_two_items_hand_derived():
     np.testing.assert_array_equal(swapped.grad_sim, r.grad_sim[:, ::-1])
 
 
+def test_cost_margin_hand_derived():
+    # S = [[0.9, 0.2], [0.3, 0.8]]: identity 1.7, swap 0.5. The margin lowers the true pairs: the
+    # identity scores 1.7 - 2 margin, so the solver swaps once margin > 0.6.
+    S = np.array([[0.9, 0.2], [0.3, 0.8]])
+    ids = np.array([0, 1])
+    kept = gpwref.from_similarity("lvm_med_matching", S, ids, ids, margin=0.5)
+    assert kept.loss == 0.0 and not kept.grad_sim.any()
+    swapped = gpwref.from_similarity("lvm_med_matching", S, ids, ids, margin=0.7)
+    assert swapped.loss == 4.0
+    np.testing.assert_allclose(swapped.grad_sim, np.array([[-1, 1], [1, -1]]) / 80, rtol=1e-15)
+    assert swapped.extras["interpolated"] == pytest.approx((0.5 - (1.7 - 1.4)) / 80, rel=1e-12)
+
+
 # Second order, three items, c = 0 except c_01 = 0.1; edges A_01 = A_10 = 1, B_12 = B_21 = 1, all
 # else 0; edge_weight 1, so a = 1 / (n - 1) = 1/2 and the edge term of i -> p(i) is
 # a * 2 [ {p(0), p(1)} = {1, 2} ]. Objectives O(p) and perturbed O(p) + lam (2 F(p) - 3) (F = fixed points):
@@ -61,7 +74,7 @@ def _three_item_problem():
 
 def test_second_order_three_items_hand_derived():
     c, A, B = _three_item_problem()
-    settings = dict(hamming="sum", order="second", solver="exact", edge_weight=1.0)
+    settings = dict(hamming="sum", order="second", solver="exact", edge_weight=1.0, margin=0.0)
     small = lvm.blackbox(c, A, B, lam=0.1, **settings)
     np.testing.assert_array_equal(small["y"], np.eye(3)[[1, 2, 0]])
     np.testing.assert_array_equal(small["y_lam"], np.eye(3)[[2, 1, 0]])

@@ -131,7 +131,7 @@ class BlackboxMatching(torch.autograd.Function):
 def _views(batch: Batch):
     A = np.asarray(batch.embeddings, dtype=np.float64)[:MAX_ITEMS]
     rng = np.random.default_rng(zlib.crc32(A.tobytes()))
-    B = A.copy() if "ties" in batch.cases else A + 0.5 * np.abs(A).mean() * rng.normal(size=A.shape)
+    B = A.copy() if "ties" in batch.cases else A + np.abs(A).mean() * rng.normal(size=A.shape)
     return A, B
 
 
@@ -157,7 +157,7 @@ def check_views(report: CaseReport, profile: str, hyper: dict, params: dict, bat
     S = U @ V.T
     S.retain_grad()
     V_items = V[torch.as_tensor(np.argsort(order))]  # row i = item i
-    c = S[:, torch.as_tensor(np.argsort(order))]  # column i = item i
+    c = S[:, torch.as_tensor(np.argsort(order))] - params["margin"] * torch.eye(m, dtype=torch.float64)  # column i = item i
     A = U @ U.T if second else None
     B = V_items @ V_items.T if second else None
     gaps: list = []
@@ -200,6 +200,8 @@ def _loop_objective(perm, c, A, B, edge_weight):
 
 def _loop(ours, c, A, B, params, order, scale) -> float:
     n, lam, w = c.shape[0], params["lam"], params["edge_weight"]
+    margin = params["margin"]
+    c = [[c[i][j] - (margin if i == j else 0.0) for j in range(n)] for i in range(n)]
     c_lam = [[c[i][j] + lam * scale * (1.0 if i == j else -1.0) for j in range(n)] for i in range(n)]
     best = max(permutations(range(n)), key=lambda p: _loop_objective(p, c, A, B, w))
     best_lam = max(permutations(range(n)), key=lambda p: _loop_objective(p, c_lam, A, B, w))
