@@ -25,9 +25,6 @@ phi(v) = (v, v (x) v), and interpolation parameter lam > 0 (``lam``)::
     G_ij = dL/dS_ij = (1/lam) (y_ij - y_lam,ij)
 
 (the papers minimise costs w; with w = -theta their -(1/lam)(y(w) - y(w + lam dL/dy)) is this).
-``margin`` >= 0 is BB-GM's cost margin (Rolinek et al. section 3.3, alpha = 1 there): both solves see
-c - margin I, the true pairs made harder, so L is only zero with that much to spare; G is unchanged
-in form (dc/dS = 1).
 Derivation: it is the exact gradient of the piecewise-linear interpolation
 
     f_lam(theta) = L(y_lam) + (1/lam) [ O(theta, y) - O(theta, y_lam) ]
@@ -37,12 +34,15 @@ f_lam = s n + (1/lam) [max_v O(theta, v) - max_v (O(theta, v) - lam s g . v)] is
 f_lam = L(y) whenever the perturbed solve returns y. ``extras["interpolated"]`` is f_lam.
 Edge gradients (second order) give dL/dA_ik = (edge_weight / (n-1) / lam) [y B y^T - y_lam B y_lam^T]_ik
 (i != k) and dL/dB likewise with y^T A y; dL/dX adds them through A = U U^T, B = V V^T.
+``margin`` >= 0 is BB-GM's cost margin (Rolinek et al. section 3.3, alpha = 1 there): both solves see
+c - margin I, the true pairs made harder, so L is only zero with that much to spare; G is unchanged
+in form (dc/dS = 1).
 
 GPW reading (S = cross-view similarities, rows = view 1): the matching pair (i, i) is the positive,
 every other pair a negative. G is nonzero only where the two solves differ: a pair the solver
 took but the perturbed (truth-favouring) solve drops is pushed by 1/lam, a pair the perturbed
-solve takes but the solver did not is pulled by 1/lam. The GPW sign rule does not always hold: the
-perturbed solve has at least as many correct pairs as the solver's, but not necessarily a superset
+solve takes but the solver did not is pulled by 1/lam. The GPW sign rule does not always hold: with an
+exact solver the perturbed solve has at least as many correct pairs as the solver's, but not necessarily a superset
 of them, so a correct pair can be pushed and a wrong pair pulled (gpw_sign=False).
 
 Solvers (``solver``):
@@ -63,16 +63,15 @@ is a function of S and ``from_similarity`` takes it; order="second" needs the vi
 
 What the paper leaves open (its public repository, duyhominhnguyen/LVM-Med, holds the released
 backbones and downstream segmentation / classification / detection code, not the pre-training loss):
-the node features are gpwref's embeddings as given (the paper's message-passing network over global
-and local features sits upstream, in the model); the graphs are complete (the paper builds k-NN
-graphs); the edge affinity is the product A_ik B_jl and its weight edge_weight / (n - 1). (BB-GM's
-edge affinity, the inner product of edge features u_i - u_k and v_j - v_l, would be degenerate on
-complete graphs: summed over a matching p it is 2n sum_i S_i,p(i) - 2 sum_ij S_ij, the first-order
-objective rescaled plus a constant; it needs sparse graphs to add anything.) Whether LVM-Med uses the
-cost margin is not stated (default 0). The QAP
-solver is exact or spectral (the paper uses a dedicated graph-matching solver); lam's value
-(default 80, BB-GM's) and the Hamming scale are not stated for LVM-Med; the paper's other loss
-terms (e.g. a contrastive term on the node features) are not modelled.
+the graph construction and the node features come from the model there; gpwref takes the
+embeddings as given as the node features and complete graphs. The edge affinity is gpwref's product
+A_ik B_jl with weight edge_weight / (n - 1). (BB-GM's edge affinity, the inner product of edge
+features u_i - u_k and v_j - v_l, would be degenerate on complete graphs: summed over a matching p
+it is 2n sum_i S_i,p(i) - 2 sum_ij S_ij, the first-order objective rescaled plus a constant; it needs
+sparse graphs to add anything.) The QAP solver is exact or spectral (BB-GM's is a Lagrange
+decomposition solver, Swoboda et al. CVPR 2017, not reproduced). lam (default 80, BB-GM's value),
+the Hamming scale and the use of the cost margin (default 0) are not stated for LVM-Med; any further
+loss terms of the paper are not modelled.
 """
 
 from __future__ import annotations

@@ -133,3 +133,16 @@ def test_check_case_runs_every_check(hyper):
     assert not report.failures(), report.errors
     for name in ("autograd:G", "autograd:dX", "autograd:dX_ref", "fd:interpolated"):
         assert name in report.errors, report.skipped
+
+
+def test_difference_edge_affinity_is_degenerate_on_complete_graphs():
+    # The module doc's reason for the product edge affinity: with edge features u_i - u_k, v_j - v_l,
+    # the edge term of every matching p is 2n sum_i S_i,p(i) - 2 sum_ij S_ij (plain loops here).
+    from itertools import permutations
+    rng = np.random.default_rng(3)
+    U, V = rng.normal(size=(4, 3)), rng.normal(size=(4, 3))
+    S = U @ V.T
+    for p in permutations(range(4)):
+        edges = sum(float((U[i] - U[k]) @ (V[p[i]] - V[p[k]])) for i in range(4) for k in range(4) if i != k)
+        trace = sum(S[i, p[i]] for i in range(4))
+        assert edges == pytest.approx(2 * 4 * trace - 2 * S.sum(), rel=1e-12, abs=1e-12)
