@@ -146,3 +146,18 @@ def test_difference_edge_affinity_is_degenerate_on_complete_graphs():
         edges = sum(float((U[i] - U[k]) @ (V[p[i]] - V[p[k]])) for i in range(4) for k in range(4) if i != k)
         trace = sum(S[i, p[i]] for i in range(4))
         assert edges == pytest.approx(2 * 4 * trace - 2 * S.sum(), rel=1e-12, abs=1e-12)
+
+
+def test_spectral_dense_and_lanczos_paths_agree(monkeypatch):
+    # n^2 = 144 takes the dense eigh; with the dense limit at 0 the same call goes through Lanczos.
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(12, 6))
+    Y = X + 0.8 * rng.normal(size=X.shape)
+    ids = np.arange(12)
+    hyper = dict(order="second", solver="spectral", lam=0.5)
+    dense = gpwref.compute("lvm_med_matching", X, ids, ref=Y, ref_labels=ids, **hyper)
+    monkeypatch.setattr(lvm, "DENSE_SPECTRAL_SIZE", 0)
+    lanczos = gpwref.compute("lvm_med_matching", X, ids, ref=Y, ref_labels=ids, **hyper)
+    assert dense.loss > 0 and dense.grad_sim.any()  # a case with wrong matchings and nonzero weights
+    np.testing.assert_array_equal(lanczos.extras["matching"], dense.extras["matching"])
+    np.testing.assert_array_equal(lanczos.grad_sim, dense.grad_sim)

@@ -38,7 +38,6 @@ from .contract import LossRefs
 
 MAX_ITEMS = 5
 TIE_GAP = 1e-9  # best and second-best objectives closer than this: the matching is not unique
-FD_SPECTRAL_OTHERS = 4  # FD entries with G = 0 checked for the spectral solver
 SPECTRAL_GAP = 1e-6  # eigengap or assignment margin of the spectral solver below this: not determined
 
 
@@ -220,13 +219,7 @@ def _fd_interpolated(c, A, B, params, ours, order) -> float:
     base = lvm.blackbox(c, A, B, **params)
     G = ours.grad_sim[:, np.argsort(order)]
     worst = 0.0
-    entries = [(i, j) for i in range(c.shape[0]) for j in range(c.shape[1])]
-    if params["solver"] == "spectral":  # each solve is a power iteration: the entries with G != 0 and a few more
-        rng = np.random.default_rng(c.shape[0])
-        others = [e for e in entries if G[e] == 0]
-        picked = [others[k] for k in rng.choice(len(others), size=min(FD_SPECTRAL_OTHERS, len(others)), replace=False)]
-        entries = [e for e in entries if G[e] != 0] + picked
-    for i, j in entries:
+    for i, j in np.ndindex(*c.shape):
         up, down = c.copy(), c.copy()
         up[i, j] += h
         down[i, j] -= h
