@@ -47,6 +47,7 @@ from .losses import recall_at_k
 from .losses import intra_pair_variance  # catpml
 from .losses import threshold_consistent_margin  # catpml
 from .losses import angular  # catpml
+from .losses import subcenter_arcface  # catproxy
 
 __all__ = ["CATALOG", "LOSSES", "Hyper", "LossEntry", "get_entry", "resolve_hyper"]
 
@@ -90,6 +91,8 @@ CATALOG: tuple[LossEntry, ...] = (
     intra_pair_variance.ENTRY,
     threshold_consistent_margin.ENTRY,
     angular.ENTRY,
+    # catproxy
+    subcenter_arcface.ENTRY,
     # --- new entries above this line (one module's ENTRY per loss; keep this marker) ---
 )
 
