@@ -48,6 +48,7 @@ from .losses import intra_pair_variance  # catpml
 from .losses import threshold_consistent_margin  # catpml
 from .losses import angular  # catpml
 from .losses import subcenter_arcface  # catproxy
+from .losses import p2sgrad  # catproxy
 
 __all__ = ["CATALOG", "LOSSES", "Hyper", "LossEntry", "get_entry", "resolve_hyper"]
 
@@ -93,6 +94,7 @@ CATALOG: tuple[LossEntry, ...] = (
     angular.ENTRY,
     # catproxy
     subcenter_arcface.ENTRY,
+    p2sgrad.ENTRY,
     # --- new entries above this line (one module's ENTRY per loss; keep this marker) ---
 )
 
