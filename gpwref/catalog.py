@@ -49,6 +49,8 @@ from .losses import threshold_consistent_margin  # catpml
 from .losses import angular  # catpml
 from .losses import subcenter_arcface  # catproxy
 from .losses import p2sgrad  # catproxy
+from .losses import large_margin_softmax  # catproxy
+from .losses import sphereface  # catproxy
 
 __all__ = ["CATALOG", "LOSSES", "Hyper", "LossEntry", "get_entry", "resolve_hyper"]
 
@@ -95,6 +97,8 @@ CATALOG: tuple[LossEntry, ...] = (
     # catproxy
     subcenter_arcface.ENTRY,
     p2sgrad.ENTRY,
+    large_margin_softmax.ENTRY,
+    sphereface.ENTRY,
     # --- new entries above this line (one module's ENTRY per loss; keep this marker) ---
 )
 

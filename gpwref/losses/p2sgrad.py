@@ -77,4 +77,5 @@ ENTRY = LossEntry(
     "gradient, which is the gradient of the squared error of the cosines against one-hot targets (PML's mean form); "
     "negatives with S < 0 get G < 0 (every cosine is pulled to 0); PML's W gradient skips W's normalisation",
     family="proxy",
+    counterparts={"pytorch-metric-learning": "P2SGradLoss"},
 )

@@ -116,4 +116,5 @@ ENTRY = LossEntry(
     "the max over a class's sub-centres is a kink at ties (the first wins); raises at theta = 0 like arcface; "
     "the paper's outlier dropping between training stages is not part of the loss",
     family="proxy",
+    counterparts={"pytorch-metric-learning": "SubCenterArcFaceLoss"},
 )
