@@ -57,6 +57,13 @@ PML_WITHOUT_ENTRY: tuple[tuple[str, str], ...] = (
      "value changes when two samples swap places and no pair is positive by its labels. The paper's "
      "instance loss (Zheng et al., ACM TOMM 2020) is a classifier with one learned weight per training "
      "instance."),
+    # catproxy
+    ("VICRegLoss",
+     "it is a regulariser on two views' embeddings (Bardes, Ponce, LeCun, ICLR 2022), not a loss of labelled "
+     "pairs: it refuses labels; its invariance term pairs row i of one view with row i of the other only, and "
+     "its variance and covariance terms are hinges and squares of per-coordinate statistics (the D x D "
+     "covariance of each view), which change under a rotation of the embedding space that leaves every "
+     "similarity unchanged, so the value is not a function of S."),
 )
 
 

@@ -47,3 +47,16 @@ def test_manifold_loss_refuses_labels():
     X, y = _batch(0)
     with pytest.raises(ValueError, match="labels are ref_labels are not supported"):
         _pml("ManifoldLoss", l=4, K=3)(X, y)
+
+
+def test_vicreg_is_not_a_function_of_the_similarities():
+    # catproxy: rotating both views by one orthogonal Q keeps every inner product (S within and across
+    # the views) and the invariance term, but changes the per-coordinate variance/covariance terms.
+    generator = torch.Generator().manual_seed(0)
+    X, X2 = (torch.randn(8, 4, dtype=torch.float64, generator=generator) for _ in range(2))
+    Q, _ = torch.linalg.qr(torch.randn(4, 4, dtype=torch.float64, generator=generator))
+    loss = _pml("VICRegLoss")
+    assert torch.allclose((X @ Q) @ (X2 @ Q).T, X @ X2.T)
+    assert abs(loss(X, ref_emb=X2).item() - loss(X @ Q, ref_emb=X2 @ Q).item()) > 1e-3
+    with pytest.raises(ValueError, match="labels"):
+        loss(X, torch.arange(8), ref_emb=X2)
