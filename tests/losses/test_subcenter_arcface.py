@@ -72,3 +72,22 @@ def test_subcenter_arcface_proxy_gradient_matches_pml(seed):
     grad_W[order.numpy()] = module.W.grad.numpy().T
     assert np.max(np.abs(ours.grad_ref - grad_W)) / np.abs(grad_W).max() < 1e-9
     assert np.max(np.abs(ours.grad_emb - X.grad.numpy())) / np.abs(X.grad.numpy()).max() < 1e-9
+
+
+def test_subcenter_arcface_tie_rule_is_pmls():
+    # Two identical sub-centres of class 0: PML's max sends the gradient to the first column of the
+    # pair, and so does gpwref (grad_ref of the second copy is exactly 0).
+    from gpwref_verification.refs.subcenter_arcface import pml_module
+
+    rng = np.random.default_rng(3)
+    X, R = rng.normal(size=(3, 4)), rng.normal(size=(4, 4))
+    R[1] = R[0]
+    ref_labels, y = np.array([0, 0, 1, 1]), np.array([0, 0, 1])
+    ours = gpwref.compute("subcenter_arcface", X, y, profile="pml", ref=R, ref_labels=ref_labels)
+    module, _, order = pml_module(torch.tensor(R), ref_labels, scale=64.0, margin=math.radians(28.6))
+    module(torch.tensor(X), torch.tensor(y)).backward()
+    grad_W = np.zeros_like(R)
+    grad_W[order.numpy()] = module.W.grad.numpy().T
+    assert np.any(grad_W[0]) and not np.any(grad_W[1])
+    assert np.any(ours.grad_ref[0]) and not np.any(ours.grad_ref[1])
+    np.testing.assert_allclose(ours.grad_ref, grad_W, rtol=0, atol=1e-9 * np.abs(grad_W).max())
