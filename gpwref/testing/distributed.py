@@ -513,6 +513,18 @@ def _value_causes(case, plan, world, values, L) -> list:
     for c, name in ((1.0, ""), (world, "W x ")):
         if all(l is not None and math.isclose(v, c * l, rel_tol=1e-6, abs_tol=1e-12) for v, l in zip(values, local)):
             causes.append(f"each rank returns {name}the loss of its LOCAL batch only: nothing was gathered")
+    doubled = []
+    for rank in range(world):
+        lo, hi = plan.offsets[rank], plan.offsets[rank + 1]
+        try:
+            doubled.append(float(_reference(case, np.concatenate([plan.embeddings[lo:hi], plan.embeddings]),
+                                            np.concatenate([plan.labels[lo:hi], plan.labels]), plan.ref, plan.ref_labels).loss))
+        except GpwrefError:
+            doubled.append(None)
+    for c, name in ((1.0, ""), (world, "W x ")):
+        if all(l is not None and math.isclose(v, c * l, rel_tol=1e-6, abs_tol=1e-12) for v, l in zip(values, doubled)):
+            causes.append(f"pairs counted twice: each rank returns {name}the loss of its local rows prepended to the gathered "
+                          "batch, which holds them already (its own rows twice, their pairs with each other counted twice)")
     return causes
 
 
@@ -536,7 +548,8 @@ def _hypotheses(case, plan, world, rank, ref_result):
         Xd, yd = np.concatenate([X[rows], X]), np.concatenate([y[rows], y])
         r = _reference(case, Xd, yd, plan.ref, plan.ref_labels)
         m = hi - lo
-        out.append(("counted-twice", r.grad_emb[:m] + r.grad_emb[m + lo: m + hi]))
+        out.append(("counted-twice", r.grad_emb[:m]))  # the gathered copy detached
+        out.append(("counted-twice", r.grad_emb[:m] + r.grad_emb[m + lo: m + hi]))  # both copies carry gradient
     except GpwrefError:
         pass
     return out

@@ -7,6 +7,8 @@
 * ``OpenClipGather``: ``torch.distributed.nn.functional.all_gather`` (its backward sums the ranks'
   gradients), the loss of the whole gathered batch on every rank, optionally times W (the extra
   factor of open_clip #616);
+* ``CountedTwice``: [own rows, every rank's gathered rows] -- its own rows twice -- times W (the
+  wrapper before the rank's own slot was dropped from the gather);
 * ``RankFirstOrder``: gathers [own rows, other ranks' rows] (pytorch-metric-learning's order) but
   takes its rows' gradient from the rank-order position: an order that differs across ranks.
 Every hand-written one pads to the largest local size, so uneven splits work.
@@ -121,3 +123,14 @@ class PerRankRef(torch.nn.Module):
     def forward(self, x, labels):
         second_view = x.detach() + 0.01 * (1 + dist.get_rank())
         return self.inner(x, labels, ref=second_view, ref_labels=labels)
+
+
+class CountedTwice(NoGradGather):
+    def gathered(self, x, sizes):
+        return [x, *_plain_gather(x.detach(), sizes)]
+
+    def forward(self, x, labels):
+        sizes = _sizes(x)
+        X = torch.cat(self.gathered(x, sizes))
+        y = torch.cat([labels, *_plain_gather(labels, sizes)])
+        return gtorch.loss(self.loss, X, y, profile=self.profile, backend="numpy") * dist.get_world_size()

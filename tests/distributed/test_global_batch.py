@@ -46,6 +46,7 @@ CLIENTS = [
     DistributedCase(functools.partial(clients.KeepLocalGather, "multi_similarity"), "multi_similarity", label="keep-local gather"),
     DistributedCase(functools.partial(clients.OpenClipGather, "multi_similarity"), "multi_similarity", label="open_clip gather"),
     DistributedCase(functools.partial(clients.OpenClipGather, "multi_similarity", times_world=True), "multi_similarity", label="open_clip gather x W"),
+    DistributedCase(functools.partial(clients.CountedTwice, "multi_similarity"), "multi_similarity", label="counted twice"),
     DistributedCase(functools.partial(clients.RankFirstOrder, "multi_similarity"), "multi_similarity", label="rank-first order"),
     DistributedCase(functools.partial(GlobalBatchLoss, "multi_similarity", grad_reduction="sum"), "multi_similarity", label="GlobalBatchLoss sum"),
     DistributedCase(clients.PerRankRef, "m3g", label="per-rank ref"),
@@ -126,6 +127,15 @@ def test_order_mismatch_is_named(reports):
     got = by_case["rank-first order"]
     assert not any(r.grad_ok for r in got)
     assert "order mismatch across ranks" in _causes(got), "\n".join(r.describe() for r in got)
+
+
+def test_pairs_counted_twice_are_named(reports):
+    _, by_case = reports
+    got = by_case["counted twice"]
+    assert not any(r.value_ok or r.grad_ok for r in got)
+    for report in got:
+        causes = "\n".join(report.causes)
+        assert "pairs counted twice: each rank returns W x the loss" in causes and "pairs counted twice on rank" in causes, report.describe()
 
 
 def test_per_rank_reference_set_is_refused_with_the_reason(reports):
