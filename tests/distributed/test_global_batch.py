@@ -37,6 +37,12 @@ def _catalog_case(entry) -> DistributedCase:
                            label=f"GlobalBatchLoss {entry.name}", proxies=proxies)
 
 
+# the kernel losses also on the float64 NumPy reference (the catalog cases above run their Numba kernels)
+REFERENCE_BACKEND = [
+    DistributedCase(functools.partial(GlobalBatchLoss, name, backend="numpy"), name, label=f"GlobalBatchLoss {name} numpy")
+    for name in ("multi_similarity", "contrastive")
+]
+
 CLIENTS = [
     DistributedCase(functools.partial(clients.pml_wrapper, "multi_similarity", False), "multi_similarity", "pml", label="pml MS efficient=False", splits="even"),
     DistributedCase(functools.partial(clients.pml_wrapper, "multi_similarity", True), "multi_similarity", "pml", label="pml MS efficient=True", splits="even"),
@@ -55,7 +61,7 @@ CLIENTS = [
 
 @functools.lru_cache(maxsize=None)
 def _reports(world: int) -> dict:
-    cases = [_catalog_case(entry) for entry in CATALOG_LOSSES] + CLIENTS
+    cases = [_catalog_case(entry) for entry in CATALOG_LOSSES] + REFERENCE_BACKEND + CLIENTS
     by_case: dict = {}
     for report in check_distributed_losses(cases, world, timeout=180):
         by_case.setdefault(report.case, []).append(report)
@@ -69,7 +75,8 @@ def reports(request):
 
 def test_global_batch_loss_equals_single_process_for_every_catalog_loss(reports):
     world, by_case = reports
-    failed = [r.describe() for entry in CATALOG_LOSSES for r in by_case[f"GlobalBatchLoss {entry.name}"] if not r.ok]
+    names = [f"GlobalBatchLoss {entry.name}" for entry in CATALOG_LOSSES] + [case.label for case in REFERENCE_BACKEND]
+    failed = [r.describe() for name in names for r in by_case[name] if not r.ok]
     assert not failed, "\n".join(failed)
     splits = {r.split for entry in CATALOG_LOSSES for r in by_case[f"GlobalBatchLoss {entry.name}"]}
     assert splits == {"classes spread over ranks, uneven sizes", "rank 0 holds one class", "a rank with a single row"}
