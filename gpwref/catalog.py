@@ -31,6 +31,7 @@ from .losses import bpr
 from .losses import dpsh
 from .losses import pce_bound
 from .losses import m3g
+from .losses import lvm_med_matching  # lvmmed
 from .losses import pixel_affinity
 from .losses import paired_domain_transfer
 from .losses import proxy_anchor
@@ -80,6 +81,8 @@ CATALOG: tuple[LossEntry, ...] = (
     smooth_ap.ENTRY,
     pnp.ENTRY,
     recall_at_k.ENTRY,
+    # lvmmed
+    lvm_med_matching.ENTRY,
     # --- new entries above this line (one module's ENTRY per loss; keep this marker) ---
 )
 
