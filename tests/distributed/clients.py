@@ -114,11 +114,12 @@ class RankFirstOrder(NoGradGather):
 
 
 class PerRankRef(torch.nn.Module):
-    """GlobalBatchLoss("m3g") given each rank's own second view as ``ref``: refused (not gathered)."""
+    """GlobalBatchLoss of a two-view loss (m3g, ...) given each rank's own second view as ``ref``:
+    refused (per-rank reference sets are not gathered)."""
 
-    def __init__(self):
+    def __init__(self, loss: str = "m3g"):
         super().__init__()
-        self.inner = gtorch.GlobalBatchLoss("m3g")
+        self.inner = gtorch.GlobalBatchLoss(loss)
 
     def forward(self, x, labels):
         second_view = x.detach() + 0.01 * (1 + dist.get_rank())

@@ -17,6 +17,7 @@ pytest.importorskip("torch")
 import torch.distributed  # noqa: E402
 
 import gpwref  # noqa: E402
+import numpy as np  # noqa: E402
 from gpwref.testing import DistributedCase, DistributedMismatch, assert_distributed_loss_matches, check_distributed_losses  # noqa: E402
 from gpwref.torch import GlobalBatchLoss  # noqa: E402
 
@@ -25,9 +26,24 @@ from . import clients  # noqa: E402
 if not torch.distributed.is_available():  # pragma: no cover
     pytest.skip("torch.distributed is unavailable", allow_module_level=True)
 
-# m3g compares two views: its reference set is each rank's own second view, which GlobalBatchLoss
-# does not gather (it refuses per-rank reference sets); checked by PerRankRef below.
-CATALOG_LOSSES = [entry for entry in gpwref.CATALOG if entry.name != "m3g"]
+
+
+def _needs_a_second_view(entry) -> bool:
+    """A loss (not sample-to-proxy) that refuses a batch without ``ref``: two views, the second as ref
+    (m3g, ...). Its reference set is each rank's own second view, which GlobalBatchLoss does not gather
+    (it refuses per-rank reference sets); the refusal is checked by PerRankRef below."""
+    if entry.family == "proxy":
+        return False
+    X, y = np.random.default_rng(0).standard_normal((8, 4)), np.repeat(np.arange(4), 2)
+    try:
+        gpwref.compute(entry.name, X, y, profile=next(iter(entry.defaults)))
+    except gpwref.GpwrefError as error:
+        return error.argument == "ref"
+    return False
+
+
+SECOND_VIEW = [entry.name for entry in gpwref.CATALOG if _needs_a_second_view(entry)]
+CATALOG_LOSSES = [entry for entry in gpwref.CATALOG if entry.name not in SECOND_VIEW]
 
 
 def _catalog_case(entry) -> DistributedCase:
@@ -55,7 +71,7 @@ CLIENTS = [
     DistributedCase(functools.partial(clients.CountedTwice, "multi_similarity"), "multi_similarity", label="counted twice"),
     DistributedCase(functools.partial(clients.RankFirstOrder, "multi_similarity"), "multi_similarity", label="rank-first order"),
     DistributedCase(functools.partial(GlobalBatchLoss, "multi_similarity", grad_reduction="sum"), "multi_similarity", label="GlobalBatchLoss sum"),
-    DistributedCase(clients.PerRankRef, "m3g", label="per-rank ref"),
+    *(DistributedCase(functools.partial(clients.PerRankRef, name), name, label=f"per-rank ref {name}") for name in SECOND_VIEW),
 ]
 
 
@@ -147,5 +163,6 @@ def test_pairs_counted_twice_are_named(reports):
 
 def test_per_rank_reference_set_is_refused_with_the_reason(reports):
     _, by_case = reports
-    for report in by_case["per-rank ref"]:
+    assert "m3g" in SECOND_VIEW
+    for report in (r for name in SECOND_VIEW for r in by_case[f"per-rank ref {name}"]):
         assert report.errors and all("GpwrefError: ref:" in e and "per-rank reference sets are not gathered" in e for e in report.errors), report.describe()
