@@ -177,10 +177,11 @@ class _KernelLossFunction(torch.autograd.Function):
 # ---------------------------------------------------------------------------------------------
 # the global batch of a torch.distributed process group (docs/distributed.md)
 
-_HEADER = 6  # per rank: rows, dimension, label count, ref rows (-1: none), ref_self given, dtype code
+_HEADER = 7  # per rank: rows, dimension, label count, ref rows (-1: none), ref_self given, dtype code, ref dimension
 _DTYPE_CODES = {torch.float32: 0, torch.float64: 1}
 _BACKENDS = (None, "numpy", "numba", "cuda")
 _REDUCTIONS = ("mean", "sum")
+_REF_SHARDING = ("replicated", "sharded")
 
 
 def _distributed_group(group):
@@ -204,14 +205,16 @@ class GlobalBatchLoss(torch.nn.Module):
     reducer that sums instead (factor 1). Without an initialised process group it is the plain loss.
 
     ``backend``: None (the Numba/CUDA kernels for the losses that have them, else the float64 NumPy
-    reference on the host), "numpy", "numba" (CPU tensors) or "cuda" (CUDA tensors). ``ref`` /
-    ``ref_labels`` (proxies or a shared reference set) must be the same on every rank (checked):
-    their gradient is the full dL/dref on every rank, which DDP's average leaves unchanged.
-    ``ref_self`` (each local anchor's row in ``ref``, -1 for none) is gathered with the rows.
+    reference on the host), "numpy", "numba" (CPU tensors) or "cuda" (CUDA tensors).
+    ``ref_sharding="replicated"`` (default): ``ref`` / ``ref_labels`` (proxies or a shared reference
+    set) must be the same on every rank (checked); their gradient is the full dL/dref on every rank,
+    which DDP's average leaves unchanged. ``"sharded"``: each rank passes its own reference rows (a
+    second view of its items), gathered like the batch; their gradient is ``W * dL/dref_local``.
+    ``ref_self`` (each local anchor's row in the local ``ref``, -1 for none) is gathered with the rows.
     """
 
     def __init__(self, loss: str, *, profile: str = "paper", backend: str | None = None, normalize: bool = True,
-                 group=None, grad_reduction: str = "mean", **hyper):
+                 group=None, grad_reduction: str = "mean", ref_sharding: str = "replicated", **hyper):
         super().__init__()
         entry = get_entry(loss)
         prof = get_profile(profile)
@@ -222,6 +225,8 @@ class GlobalBatchLoss(torch.nn.Module):
             raise GpwrefError("backend", f"'{backend}' has kernels for {list(KERNEL_LOSSES)} only; '{entry.name}' runs on backend='numpy' (or None)", repr(backend))
         if grad_reduction not in _REDUCTIONS:
             raise GpwrefError("grad_reduction", f"must be one of {list(_REDUCTIONS)} (how the ranks' parameter gradients are combined)", repr(grad_reduction))
+        if ref_sharding not in _REF_SHARDING:
+            raise GpwrefError("ref_sharding", f"must be one of {list(_REF_SHARDING)} (ref the same on every rank, or each rank's own rows)", repr(ref_sharding))
         if not isinstance(normalize, bool):
             raise GpwrefError("normalize", "must be True or False", repr(normalize))
         self.name = entry.name
@@ -230,6 +235,7 @@ class GlobalBatchLoss(torch.nn.Module):
         self.normalize = normalize
         self.group = group
         self.grad_reduction = grad_reduction
+        self.ref_sharding = ref_sharding
 
     def forward(self, embeddings: torch.Tensor, labels, ref=None, ref_labels=None, ref_self=None) -> torch.Tensor:
         if not isinstance(embeddings, torch.Tensor):
@@ -255,7 +261,7 @@ class GlobalBatchLoss(torch.nn.Module):
 
     def extra_repr(self) -> str:
         hyper = ", ".join(f"{k}={v}" for k, v in self.hyper.items())
-        return f"{self.name}, profile={self.profile}, backend={self.backend}, grad_reduction={self.grad_reduction}, {hyper}"
+        return f"{self.name}, profile={self.profile}, backend={self.backend}, grad_reduction={self.grad_reduction}, ref_sharding={self.ref_sharding}, {hyper}"
 
 
 def _all_gather(tensor: torch.Tensor, world: int, group) -> list:
@@ -291,19 +297,33 @@ class _GlobalBatchFunction(torch.autograd.Function):
         world, rank = _distributed_group(module.group)
         m, d = embeddings.shape
         X, y, own = embeddings.detach(), labels, ref_self
-        offset = 0
+        R, yr = ref, ref_labels
+        sharded = module.ref_sharding == "sharded" and ref is not None
+        offset, ref_offset = 0, 0
         if world > 1:
             header = torch.tensor([m, d, labels.numel() if labels.ndim == 1 else -1, -1 if ref is None else int(ref.shape[0]),
-                                   int(ref_self is not None), _DTYPE_CODES[embeddings.dtype]], dtype=torch.int64, device=embeddings.device)
+                                   int(ref_self is not None), _DTYPE_CODES[embeddings.dtype],
+                                   -1 if ref is None or ref.ndim != 2 else int(ref.shape[1])], dtype=torch.int64, device=embeddings.device)
             headers = torch.stack(_all_gather(header, world, module.group)).cpu().tolist()
-            _check_headers(headers, rank)  # the same on every rank: all raise together, none waits
+            _check_headers(headers, sharded)  # the same on every rank: all raise together, none waits
             sizes = [h[0] for h in headers]
             offset = sum(sizes[:rank])
-            if ref is not None:
+            if sharded:
+                ref_sizes = [h[3] for h in headers]
+                ref_offset = sum(ref_sizes[:rank])
+                yr_local = torch.as_tensor(ref_labels.detach() if isinstance(ref_labels, torch.Tensor) else np.asarray(ref_labels), device=embeddings.device)
+                if yr_local.ndim != 1 or yr_local.numel() != ref.shape[0] or yr_local.dtype.is_floating_point:
+                    raise GpwrefError("ref_labels", "must be 1-D integers, one per local reference row", f"shape {tuple(yr_local.shape)}, dtype {yr_local.dtype}")
+                R = _gather_rows(ref.detach(), ref_sizes, world, module.group)
+                yr = _gather_rows(yr_local.to(torch.int64), ref_sizes, world, module.group)
+                if ref_self is not None:  # local reference rows -> rows of the gathered reference set
+                    ref_self = torch.where(ref_self >= 0, ref_self + ref_offset, ref_self)
+            elif ref is not None:
                 prints = torch.stack(_all_gather(_fingerprint(ref, ref_labels), world, module.group))
                 if not bool((prints == prints[0]).all()):
                     raise GpwrefError("ref", "must be the same on every rank (proxies or a shared reference set replicated by DDP); "
-                                      "per-rank reference sets (a second view, a per-rank memory bank) are not gathered", "ranks differ")
+                                      "per-rank reference sets (a second view, a per-rank memory bank) are not gathered unless "
+                                      "ref_sharding='sharded'", "ranks differ")
             X = _gather_rows(X, sizes, world, module.group)
             y = _gather_rows(labels, sizes, world, module.group)
             if ref_self is not None:
@@ -311,14 +331,16 @@ class _GlobalBatchFunction(torch.autograd.Function):
         work = "float32" if (backend != "numpy" and embeddings.dtype == torch.float32) else None
         result = compute(
             module.name, _to_kernel(X, backend), _to_kernel(y, backend),
-            ref=_to_kernel(ref, backend), ref_labels=_to_kernel(ref_labels, backend),
+            ref=_to_kernel(R, backend), ref_labels=_to_kernel(yr, backend),
             ref_self=None if own is None else _to_kernel(own, "numba"),
             profile=module.profile, normalize=module.normalize, backend=backend, dtype=work, **module.hyper,
         )
         factor = world if module.grad_reduction == "mean" else 1
         grad_emb = _to_torch(result.grad_emb, embeddings)[offset: offset + m] * factor
         grad_ref = None
-        if ref is not None:
+        if sharded:
+            grad_ref = _to_torch(result.grad_ref, ref)[ref_offset: ref_offset + ref.shape[0]] * factor
+        elif ref is not None:
             grad_ref = _to_torch(result.grad_ref, ref) * (1.0 if module.grad_reduction == "mean" else 1.0 / world)
         ctx.has_ref = ref is not None
         ctx.save_for_backward(grad_emb, grad_ref)
@@ -333,13 +355,18 @@ class _GlobalBatchFunction(torch.autograd.Function):
         return d_emb, d_ref, None, None, None, None, None
 
 
-def _check_headers(headers: list, rank: int) -> None:
+def _check_headers(headers: list, sharded: bool) -> None:
     """Refuse local batches that cannot form one global batch (every rank sees the same headers)."""
-    for r, (m, d, n_labels, n_ref, has_self, code) in enumerate(headers):
+    for r, (m, d, n_labels, n_ref, has_self, code, ref_dim) in enumerate(headers):
         if n_labels != m:
             raise GpwrefError("labels", "must be 1-D with one label per local row on every rank", f"rank {r}: {n_labels} labels for {m} rows")
+    if sharded and any(h[3] < 0 for h in headers):
+        raise GpwrefError("ref", "with ref_sharding='sharded' every rank must pass its reference rows (0 rows allowed)", f"per rank: {[h[3] for h in headers]}")
+    same_ref = () if sharded else ((3, "ref", "the same reference set (or none); per-rank reference sets (a second view, a per-rank "
+                                               "memory bank) are not gathered unless ref_sharding='sharded'"),)
     for key, argument, rule in ((1, "embeddings", "the same dimension"), (5, "embeddings", "the same dtype"),
-                                (3, "ref", "the same reference set (or none; per-rank reference sets are not gathered)"), (4, "ref_self", "ref_self given (or not)")):
+                                *same_ref, (4, "ref_self", "ref_self given (or not)"),
+                                (6, "ref", "a 2-D reference set of one dimension (or none)")):
         values = [h[key] for h in headers]
         if len(set(values)) > 1:
             raise GpwrefError(argument, f"every rank must pass {rule}", f"per rank: {values}")

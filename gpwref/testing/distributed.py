@@ -56,7 +56,9 @@ SPLITS = ("uneven", "even")
 class DistributedCase:
     """One candidate: ``make_loss()`` builds it on every rank; ``loss``/``profile``/``hyper`` name
     gpwref's reference for it; ``label`` names it in reports; ``proxies``: draw K proxies per class
-    (passed to the candidate as ``ref=``, ``ref_labels=``; a parameter of the DDP model)."""
+    (passed to the candidate as ``ref=``, ``ref_labels=``; a parameter of the DDP model); ``views``:
+    draw two views of n items (item ids as labels), each rank holding both views of its items and
+    passing its second view, computed by the same DDP model, as ``ref=`` (``ref_sharding="sharded"``)."""
 
     make_loss: Callable
     loss: str
@@ -65,6 +67,7 @@ class DistributedCase:
     label: str = ""
     splits: str | None = None  # "uneven" or "even" for this case (None: the call's)
     proxies: int | None = None  # K proxies per class as the reference set of drawn batches (sample-to-proxy losses)
+    views: bool = False  # two views of the items: each rank passes its items' second view as ref (two-view losses)
 
     @property
     def name(self) -> str:
@@ -81,10 +84,15 @@ class _Plan:
     sizes: tuple
     ref: np.ndarray | None = None
     ref_labels: np.ndarray | None = None
+    ref_sizes: tuple | None = None  # per-rank reference rows (a second view through the model); None: ref replicated
 
     @property
     def offsets(self) -> list:
         return [0, *np.cumsum(self.sizes).tolist()]
+
+    @property
+    def ref_offsets(self) -> list:
+        return [0, *np.cumsum(self.ref_sizes).tolist()]
 
 
 @dataclass
@@ -183,6 +191,9 @@ def check_distributed_losses(cases: Sequence[DistributedCase], world_size: int, 
         mode = case.splits or splits
         if mode not in SPLITS:
             raise GpwrefError("splits", f"must be one of {list(SPLITS)}", repr(mode))
+        if case.views and given is None:
+            plans.append(_view_plans(world_size, mode, rng, n_batches))
+            continue
         plans.append(_plans_from(given, world_size, mode, rng) if given is not None
                      else _drawn_plans(world_size, mode, rng, n_batches, case.proxies or proxies))
     raw = _spawn(world_size, cases, plans, start_method, timeout)
@@ -247,6 +258,24 @@ def _drawn_plans(world: int, splits: str, rng, n_batches: int, proxies) -> list:
             X = rng.standard_normal((len(labels), d))
             ref, ref_labels = _with_proxies(rng, labels, proxies, d)
             plans.append(_Plan(name, X, labels, tuple(int(s) for s in sizes), ref, ref_labels))
+    return plans
+
+
+def _view_plans(world: int, splits: str, rng, n_batches: int) -> list:
+    """Two views of n items (view 2 = view 1 + noise; labels = item ids), each rank holding both
+    views of its items: items spread with uneven sizes, and a rank with a single item."""
+    plans = []
+    d = 4
+    for _ in range(n_batches):
+        n = world * 3 if splits == "even" else int(rng.integers(2 * world, 4 * world))
+        splits_ = ([("items spread, even sizes", [n // world] * world)] if splits == "even" else
+                   [("items spread, uneven sizes", _composition(rng, n, world)),
+                    ("a rank with a single item", _composition(rng, n, world, last_single=True))])
+        for name, sizes in splits_:
+            ids = rng.permutation(n).astype(np.int64)
+            X = rng.standard_normal((n, d))
+            V = X + 0.3 * rng.standard_normal((n, d))
+            plans.append(_Plan(name, X, ids, tuple(int(s) for s in sizes), V, ids.copy(), tuple(int(s) for s in sizes)))
     return plans
 
 
@@ -387,14 +416,24 @@ def _run_check(rank, loss_fn, plan: _Plan) -> dict:
     from torch.nn.parallel import DistributedDataParallel
 
     lo, hi = plan.offsets[rank], plan.offsets[rank + 1]
-    model = DistributedDataParallel(_probe_model(plan.embeddings.shape[1], plan.ref))
+    sharded = plan.ref_sizes is not None
+    model = DistributedDataParallel(_probe_model(plan.embeddings.shape[1], None if sharded else plan.ref))
     z = torch.from_numpy(np.ascontiguousarray(plan.embeddings[lo:hi]))
+    if sharded:  # the rank's second view goes through the same model, in the same forward
+        rlo, rhi = plan.ref_offsets[rank], plan.ref_offsets[rank + 1]
+        z = torch.cat([z, torch.from_numpy(np.ascontiguousarray(plan.ref[rlo:rhi]))])
     labels = torch.from_numpy(plan.labels[lo:hi])
     out = {"value": None, "emb_grad": None, "params": None, "error": None, "stage": None}
     try:
-        X = model(z)
+        both = model(z)
+        X = both[: hi - lo]
         X.retain_grad()
-        extra = {} if plan.ref is None else {"ref": model.module.proxies, "ref_labels": torch.from_numpy(np.asarray(plan.ref_labels))}
+        if sharded:
+            extra = {"ref": both[hi - lo:], "ref_labels": torch.from_numpy(plan.ref_labels[rlo:rhi])}
+        elif plan.ref is not None:
+            extra = {"ref": model.module.proxies, "ref_labels": torch.from_numpy(np.asarray(plan.ref_labels))}
+        else:
+            extra = {}
         value = loss_fn(X, labels, **extra)
         out["value"] = float(torch.as_tensor(value).detach().reshape(()).item())
     except Exception as error:  # noqa: BLE001 - the candidate's own failure is the report
@@ -438,6 +477,14 @@ def _factor_name(c: float, world: int) -> str | None:
     return None
 
 
+def _local_ref(plan: _Plan, rank: int):
+    """The reference set rank ``rank`` holds: all of it when replicated, its slice when sharded."""
+    if plan.ref_sizes is None:
+        return plan.ref, plan.ref_labels
+    lo, hi = plan.ref_offsets[rank], plan.ref_offsets[rank + 1]
+    return plan.ref[lo:hi], plan.ref_labels[lo:hi]
+
+
 def _reference(case: DistributedCase, X, y, ref, ref_labels, **kwargs):
     import gpwref
 
@@ -465,7 +512,10 @@ def _judge(case, plan: _Plan, world: int, outcomes, fatal, rtol, atol) -> Distri
     L = float(ref.loss)
     value_ok = all(v is not None and math.isclose(v, L, rel_tol=rtol, abs_tol=atol) for v in values)
     expected = {"linear.weight": ref.grad_emb.T @ X, "linear.bias": ref.grad_emb.sum(axis=0)}
-    if plan.ref is not None:
+    if plan.ref_sizes is not None:  # the second view came through the model too
+        expected = {"linear.weight": expected["linear.weight"] + ref.grad_ref.T @ plan.ref,
+                    "linear.bias": expected["linear.bias"] + ref.grad_ref.sum(axis=0)}
+    elif plan.ref is not None:
         expected["proxies"] = ref.grad_ref
     got = _averaged(outcomes, expected)
     grad_ok, grad_err, grad_factor = False, None, None
@@ -507,7 +557,7 @@ def _value_causes(case, plan, world, values, L) -> list:
     for rank in range(world):
         lo, hi = plan.offsets[rank], plan.offsets[rank + 1]
         try:
-            local.append(float(_reference(case, plan.embeddings[lo:hi], plan.labels[lo:hi], plan.ref, plan.ref_labels).loss))
+            local.append(float(_reference(case, plan.embeddings[lo:hi], plan.labels[lo:hi], *_local_ref(plan, rank)).loss))
         except GpwrefError:
             local.append(None)
     for c, name in ((1.0, ""), (world, "W x ")):
@@ -535,9 +585,11 @@ def _hypotheses(case, plan, world, rank, ref_result):
     rows = slice(lo, hi)
     out = []
     try:
-        out.append(("local-batch", _reference(case, X[rows], y[rows], plan.ref, plan.ref_labels).grad_emb))
+        out.append(("local-batch", _reference(case, X[rows], y[rows], *_local_ref(plan, rank)).grad_emb))
     except GpwrefError:
         pass
+    if plan.ref_sizes is not None:
+        return out
     if plan.ref is None and case_supports_ref(case):
         try:  # the rank's anchors against the gathered batch as a reference set; its rows get both sides
             r = _reference(case, X[rows], y[rows], X, y, ref_self=np.arange(lo, hi))

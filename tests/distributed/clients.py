@@ -114,8 +114,8 @@ class RankFirstOrder(NoGradGather):
 
 
 class PerRankRef(torch.nn.Module):
-    """GlobalBatchLoss of a two-view loss (m3g, ...) given each rank's own second view as ``ref``:
-    refused (per-rank reference sets are not gathered)."""
+    """GlobalBatchLoss of a two-view loss (m3g, ...) given each rank's own second view as ``ref``
+    with the default ref_sharding="replicated": refused."""
 
     def __init__(self, loss: str = "m3g"):
         super().__init__()

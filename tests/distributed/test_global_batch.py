@@ -30,8 +30,8 @@ if not torch.distributed.is_available():  # pragma: no cover
 
 def _needs_a_second_view(entry) -> bool:
     """A loss (not sample-to-proxy) that refuses a batch without ``ref``: two views, the second as ref
-    (m3g, ...). Its reference set is each rank's own second view, which GlobalBatchLoss does not gather
-    (it refuses per-rank reference sets); the refusal is checked by PerRankRef below."""
+    (m3g, ...). Its reference set is each rank's own second view: GlobalBatchLoss gathers it with
+    ``ref_sharding="sharded"`` (TWO_VIEWS) and refuses it by default (PerRankRef)."""
     if entry.family == "proxy":
         return False
     X, y = np.random.default_rng(0).standard_normal((8, 4)), np.repeat(np.arange(4), 2)
@@ -52,6 +52,12 @@ def _catalog_case(entry) -> DistributedCase:
     return DistributedCase(functools.partial(GlobalBatchLoss, entry.name, profile=profile), entry.name, profile,
                            label=f"GlobalBatchLoss {entry.name}", proxies=proxies)
 
+
+# the two-view losses with each rank's second view gathered like its batch
+TWO_VIEWS = [
+    DistributedCase(functools.partial(GlobalBatchLoss, name, ref_sharding="sharded"), name, label=f"GlobalBatchLoss {name} sharded views", views=True)
+    for name in SECOND_VIEW
+]
 
 # the kernel losses also on the float64 NumPy reference (the catalog cases above run their Numba kernels)
 REFERENCE_BACKEND = [
@@ -77,7 +83,7 @@ CLIENTS = [
 
 @functools.lru_cache(maxsize=None)
 def _reports(world: int) -> dict:
-    cases = [_catalog_case(entry) for entry in CATALOG_LOSSES] + REFERENCE_BACKEND + CLIENTS
+    cases = [_catalog_case(entry) for entry in CATALOG_LOSSES] + TWO_VIEWS + REFERENCE_BACKEND + CLIENTS
     by_case: dict = {}
     for report in check_distributed_losses(cases, world, timeout=180):
         by_case.setdefault(report.case, []).append(report)
@@ -91,7 +97,7 @@ def reports(request):
 
 def test_global_batch_loss_equals_single_process_for_every_catalog_loss(reports):
     world, by_case = reports
-    names = [f"GlobalBatchLoss {entry.name}" for entry in CATALOG_LOSSES] + [case.label for case in REFERENCE_BACKEND]
+    names = [f"GlobalBatchLoss {entry.name}" for entry in CATALOG_LOSSES] + [case.label for case in TWO_VIEWS + REFERENCE_BACKEND]
     failed = [r.describe() for name in names for r in by_case[name] if not r.ok]
     assert not failed, "\n".join(failed)
     splits = {r.split for entry in CATALOG_LOSSES for r in by_case[f"GlobalBatchLoss {entry.name}"]}
@@ -165,4 +171,4 @@ def test_per_rank_reference_set_is_refused_with_the_reason(reports):
     _, by_case = reports
     assert "m3g" in SECOND_VIEW
     for report in (r for name in SECOND_VIEW for r in by_case[f"per-rank ref {name}"]):
-        assert report.errors and all("GpwrefError: ref:" in e and "per-rank reference sets are not gathered" in e for e in report.errors), report.describe()
+        assert report.errors and all("GpwrefError: ref:" in e and "are not gathered unless ref_sharding='sharded'" in e for e in report.errors), report.describe()

@@ -44,6 +44,7 @@ def test_proxies_get_their_gradient_without_a_world_factor():
     (dict(loss="supcon", backend="numba"), "backend"),
     (dict(loss="multi_similarity", backend="tpu"), "backend"),
     (dict(loss="multi_similarity", grad_reduction="max"), "grad_reduction"),
+    (dict(loss="m3g", ref_sharding="split"), "ref_sharding"),
     (dict(loss="multi_similarity", alpha=-1.0), "alpha"),
     (dict(loss="binomial_deviance", profile="pml"), "profile"),
 ])
