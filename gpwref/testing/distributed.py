@@ -318,8 +318,15 @@ def _spawn(world: int, cases, plans, start_method: str, timeout: float) -> dict:
     results = ctx.Queue()
     port = _free_port()
     procs = [ctx.Process(target=_rank_main, args=(rank, world, port, cases, plans, results, timeout), daemon=True) for rank in range(world)]
-    for proc in procs:
-        proc.start()
+    try:
+        for proc in procs:
+            proc.start()
+    except Exception as error:  # noqa: BLE001 - most often a lambda under "spawn"
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+        raise GpwrefError("make_loss", f"must be picklable to start the ranks with start_method='{start_method}' (a module-level "
+                          "function or functools.partial; start_method='fork' also takes lambdas)", f"{type(error).__name__}: {error}") from error
     raw, done = {}, set()
     deadline = time.monotonic() + timeout
     fatal = None

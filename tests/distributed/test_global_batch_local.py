@@ -71,3 +71,9 @@ def test_a_rank_that_dies_in_a_collective_is_reported_not_waited_for():
         assert_distributed_loss_matches(functools.partial(clients.pml_wrapper, "multi_similarity", False), "multi_similarity",
                                         profile="pml", world_sizes=(2,), timeout=60)
     assert not error.value.reports[0].ok
+
+
+def test_an_unpicklable_make_loss_is_refused_with_the_remedy():
+    with pytest.raises(gpwref.GpwrefError, match="make_loss: must be picklable") as error:
+        assert_distributed_loss_matches(lambda: GlobalBatchLoss("multi_similarity"), "multi_similarity", world_sizes=(2,))
+    assert "functools.partial" in str(error.value)
