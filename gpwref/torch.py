@@ -177,7 +177,6 @@ class _KernelLossFunction(torch.autograd.Function):
 # ---------------------------------------------------------------------------------------------
 # the global batch of a torch.distributed process group (docs/distributed.md)
 
-_HEADER = 7  # per rank: rows, dimension, label count, ref rows (-1: none), ref_self given, dtype code, ref dimension
 _DTYPE_CODES = {torch.float32: 0, torch.float64: 1}
 _BACKENDS = (None, "numpy", "numba", "cuda")
 _REDUCTIONS = ("mean", "sum")
@@ -301,6 +300,7 @@ class _GlobalBatchFunction(torch.autograd.Function):
         sharded = module.ref_sharding == "sharded" and ref is not None
         offset, ref_offset = 0, 0
         if world > 1:
+            # per rank: rows, dimension, label count, ref rows (-1: none), ref_self given, dtype code, ref dimension
             header = torch.tensor([m, d, labels.numel() if labels.ndim == 1 else -1, -1 if ref is None else int(ref.shape[0]),
                                    int(ref_self is not None), _DTYPE_CODES[embeddings.dtype],
                                    -1 if ref is None or ref.ndim != 2 else int(ref.shape[1])], dtype=torch.int64, device=embeddings.device)
