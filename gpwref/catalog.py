@@ -43,6 +43,7 @@ from .losses import fast_ap
 from .losses import smooth_ap
 from .losses import pnp
 from .losses import recall_at_k
+from .losses import pairwise_cosface  # catvar
 
 __all__ = ["CATALOG", "LOSSES", "Hyper", "LossEntry", "get_entry", "resolve_hyper"]
 
@@ -80,6 +81,8 @@ CATALOG: tuple[LossEntry, ...] = (
     smooth_ap.ENTRY,
     pnp.ENTRY,
     recall_at_k.ENTRY,
+    # catvar
+    pairwise_cosface.ENTRY,
     # --- new entries above this line (one module's ENTRY per loss; keep this marker) ---
 )
 
