@@ -44,6 +44,7 @@ from .losses import smooth_ap
 from .losses import pnp
 from .losses import recall_at_k
 from .losses import pairwise_cosface  # catvar
+from .losses import soft_margin_triplet  # catvar
 
 __all__ = ["CATALOG", "LOSSES", "Hyper", "LossEntry", "get_entry", "resolve_hyper"]
 
@@ -83,6 +84,7 @@ CATALOG: tuple[LossEntry, ...] = (
     recall_at_k.ENTRY,
     # catvar
     pairwise_cosface.ENTRY,
+    soft_margin_triplet.ENTRY,
     # --- new entries above this line (one module's ENTRY per loss; keep this marker) ---
 )
 
