@@ -45,6 +45,7 @@ from .losses import pnp
 from .losses import recall_at_k
 from .losses import pairwise_cosface  # catvar
 from .losses import soft_margin_triplet  # catvar
+from .losses import contrastive_ms_mining  # catvar
 
 __all__ = ["CATALOG", "LOSSES", "Hyper", "LossEntry", "get_entry", "resolve_hyper"]
 
@@ -85,6 +86,7 @@ CATALOG: tuple[LossEntry, ...] = (
     # catvar
     pairwise_cosface.ENTRY,
     soft_margin_triplet.ENTRY,
+    contrastive_ms_mining.ENTRY,
     # --- new entries above this line (one module's ENTRY per loss; keep this marker) ---
 )
 
