@@ -46,6 +46,7 @@ from .losses import recall_at_k
 from .losses import pairwise_cosface  # catvar
 from .losses import soft_margin_triplet  # catvar
 from .losses import contrastive_ms_mining  # catvar
+from .losses import lifted_structure_scaled  # catvar
 
 __all__ = ["CATALOG", "LOSSES", "Hyper", "LossEntry", "get_entry", "resolve_hyper"]
 
@@ -87,6 +88,7 @@ CATALOG: tuple[LossEntry, ...] = (
     pairwise_cosface.ENTRY,
     soft_margin_triplet.ENTRY,
     contrastive_ms_mining.ENTRY,
+    lifted_structure_scaled.ENTRY,
     # --- new entries above this line (one module's ENTRY per loss; keep this marker) ---
 )
 
