@@ -84,3 +84,16 @@ def test_official_profile_refuses_anchors_without_positives():
 def test_contrastive_ms_mining_bad_hyper_parameters_name_the_argument(hyper, argument):
     with raises(argument):
         gpwref.compute("contrastive_ms_mining", angles_to_rows(0, 60, 180), HAND_S_Y, **hyper)
+
+
+def test_contrastive_ms_mining_is_comparable_in_the_oracle():
+    # An independent torch formulation on X (rows normalised, index self rule) as a candidate.
+    from gpwref.testing import assert_loss_matches
+    from gpwref_verification.refs.contrastive_ms_mining import torch_loss
+
+    def candidate(X, y):
+        U = torch.nn.functional.normalize(X, dim=1)
+        same = y[:, None] == y[None, :]
+        return torch_loss(U @ U.T, same & ~torch.eye(len(y), dtype=torch.bool), ~same, "paper", **{"margin": 0.1})
+
+    assert assert_loss_matches(candidate, "contrastive_ms_mining", batches={"with_ref": False}, examples=6).compared == 6

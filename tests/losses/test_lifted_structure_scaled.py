@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 import gpwref
 from gpwref.testing import Batch
@@ -68,3 +69,16 @@ def test_official_profile_refuses_anchors_without_positives():
 def test_lifted_structure_scaled_bad_hyper_parameters_name_the_argument(hyper, argument):
     with raises(argument):
         gpwref.compute("lifted_structure_scaled", angles_to_rows(0, 60, 180), HAND_S_Y, **hyper)
+
+
+def test_lifted_structure_scaled_is_comparable_in_the_oracle():
+    # An independent torch formulation on X (rows normalised, index self rule) as a candidate.
+    from gpwref.testing import assert_loss_matches
+    from gpwref_verification.refs.lifted_structure_scaled import torch_loss
+
+    def candidate(X, y):
+        U = torch.nn.functional.normalize(X, dim=1)
+        same = y[:, None] == y[None, :]
+        return torch_loss(U @ U.T, same & ~torch.eye(len(y), dtype=torch.bool), ~same, "paper", **{"alpha": 40.0, "beta": 2.0, "mining_margin": None})
+
+    assert assert_loss_matches(candidate, "lifted_structure_scaled", batches={"with_ref": False}, examples=6).compared == 6
