@@ -31,9 +31,8 @@ softplus(x) = x and its slope 1 for x > t, as torch's ``F.softplus`` (threshold 
 calls: the value then differs by log1p(exp(-x)) < 2.1e-9. That switch is the only kink (x = t takes
 the exact side, as torch). No hinge, no mining: ties and duplicates need no rule.
 
-Defaults gamma = 128, margin = 0.25: fast-reid's pairwise CosFace settings (its AGW/BoT CosFace
-configs; haruishi43/pepper's fast-reid reproduction ``configs/projects/reproduce_fastreid/agw/
-agw_r50_cosface_market1501.py`` repeats them). The paper gives no pair-wise defaults.
+Defaults gamma = 128, margin = 0.25: fast-reid's ``_C.MODEL.LOSSES.COSFACE`` defaults
+(``fastreid/config/defaults.py``). The paper gives no pair-wise defaults.
 Assumptions: fast-reid works on the batch only (normalised rows, self pair removed); a reference set
 (``ref=``) is this module's extension, with the same formula over its columns.
 Stable for any finite S and gamma: A_i and B_i are log-sum-exps with the maximum taken out, and
