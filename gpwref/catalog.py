@@ -47,6 +47,10 @@ from .losses import recall_at_k
 from .losses import intra_pair_variance  # catpml
 from .losses import threshold_consistent_margin  # catpml
 from .losses import angular  # catpml
+from .losses import pairwise_cosface  # catvar
+from .losses import soft_margin_triplet  # catvar
+from .losses import contrastive_ms_mining  # catvar
+from .losses import lifted_structure_scaled  # catvar
 
 __all__ = ["CATALOG", "LOSSES", "Hyper", "LossEntry", "get_entry", "resolve_hyper"]
 
@@ -90,6 +94,11 @@ CATALOG: tuple[LossEntry, ...] = (
     intra_pair_variance.ENTRY,
     threshold_consistent_margin.ENTRY,
     angular.ENTRY,
+    # catvar
+    pairwise_cosface.ENTRY,
+    soft_margin_triplet.ENTRY,
+    contrastive_ms_mining.ENTRY,
+    lifted_structure_scaled.ENTRY,
     # --- new entries above this line (one module's ENTRY per loss; keep this marker) ---
 )
 
