@@ -47,6 +47,10 @@ from .losses import recall_at_k
 from .losses import intra_pair_variance  # catpml
 from .losses import threshold_consistent_margin  # catpml
 from .losses import angular  # catpml
+from .losses import pairwise_cosface  # catvar
+from .losses import soft_margin_triplet  # catvar
+from .losses import contrastive_ms_mining  # catvar
+from .losses import lifted_structure_scaled  # catvar
 from .losses import subcenter_arcface  # catproxy
 from .losses import p2sgrad  # catproxy
 from .losses import large_margin_softmax  # catproxy
@@ -94,6 +98,11 @@ CATALOG: tuple[LossEntry, ...] = (
     intra_pair_variance.ENTRY,
     threshold_consistent_margin.ENTRY,
     angular.ENTRY,
+    # catvar
+    pairwise_cosface.ENTRY,
+    soft_margin_triplet.ENTRY,
+    contrastive_ms_mining.ENTRY,
+    lifted_structure_scaled.ENTRY,
     # catproxy
     subcenter_arcface.ENTRY,
     p2sgrad.ENTRY,

@@ -12,12 +12,17 @@ GPW weights, with sigma the logistic function::
     G_ij = +(beta  / (m |N_i|)) sigma(beta  (S_ij - lam))    j in N_i
 
 Each weight depends on S_ij alone (self-similarity; the set sizes are counts, not similarities).
-Defaults alpha = 2, beta = 40, lam = 0.5 follow the first MS author's earlier code (DeepMetric-XW
-``losses/Binomial.py``: positive scale 2, negative scale 40, margin 0.5), which divides by m as
-here. That code drops "self" by value (S < 1) and skips anchors without negatives; this module
-follows the paper profile instead (index self rule, empty sets give 0). Yi et al.'s negative cost
-c (2 or 25 in later papers) is the ratio beta / alpha here. No pytorch-metric-learning class
-implements this loss (2.x), so it exists under the ``paper`` profile only.
+Defaults alpha = 2, beta = 40, lam = 0.5 follow the first MS author's earlier code (DeepMetric-XW,
+bnu-wangxun/Deep_Metric ``losses/Binomial.py``: positive scale 2, negative scale 40, margin 0.5),
+which divides by m as here. Yi et al.'s negative cost c (2 or 25 in later papers) is the ratio
+beta / alpha here. No pytorch-metric-learning class implements this loss (2.x).
+
+Profiles: the same formula under two sets of pair rules. ``paper``: index self rule, an empty P_i
+or N_i gives 0. ``official`` (that code's conventions, default hard mining off): "self" dropped by
+value (the profile's S >= 1 - 1e-5; the code's test is S < 1) and an anchor without a positive or
+a negative refused, as the code fails there (the mean over no positive is NaN; an anchor without
+negatives it skips, which no batch with every anchor valid shows). The code's ``hard_mining`` path
+(MS-style mining with 0.1, halves scaled by 2/scale) is not modelled.
 
 softplus and sigma are evaluated in their stable forms (max(z, 0) + log1p(e^-|z|) and a
 sign-split logistic): finite for every finite S and scales up to 200 and beyond. Every positive and
@@ -66,10 +71,12 @@ ENTRY = LossEntry(
     name="binomial_deviance",
     function=value_and_grad,
     hyper={"alpha": number(above=0), "beta": number(above=0), "lam": number()},
-    defaults={"paper": {"alpha": 2.0, "beta": 40.0, "lam": 0.5}},
+    defaults={"paper": {"alpha": 2.0, "beta": 40.0, "lam": 0.5}, "official": {"alpha": 2.0, "beta": 40.0, "lam": 0.5}},
     reference="Yi, Lei, Liao, Li. Deep Metric Learning for Person Re-Identification. ICPR 2014; "
     "GPW form: Wang et al. CVPR 2019",
     similarities=("self",),
-    limits="paper profile only: pytorch-metric-learning (2.x) has no binomial deviance loss; the first MS "
-    "author's code (DeepMetric-XW Binomial.py) differs in its self rule (S < 1) and skips anchors without negatives",
+    limits="pytorch-metric-learning (2.x) has no binomial deviance loss; the official profile follows DeepMetric-XW "
+    "Binomial.py (self by value, degenerate anchors refused) except its self threshold (S < 1 there) and its "
+    "hard_mining path (not modelled)",
+    counterparts={"Deep_Metric": "BinomialLoss (losses/Binomial.py), official profile"},
 )

@@ -15,6 +15,7 @@
 torch, JAX and hypothesis are optional: each is imported only when used.
 """
 
+from .distributed import DistributedCase, DistributedMismatch, DistributedReport, assert_distributed_loss_matches, check_distributed_losses
 from .explain import Alternative, AnchorFacts, Check, MismatchReport, PairFacts, ProxyFacts
 from .oracle import LossMismatch, OracleSummary, assert_loss_matches, explain_mismatch
 from .profile_table import profile_table

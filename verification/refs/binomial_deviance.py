@@ -2,8 +2,12 @@
 
 Written from the formula (gpwref/losses/binomial_deviance.py docstring, catalog.md 2.4). There is
 no real implementation to compare with under the paper profile: pytorch-metric-learning has no
-binomial deviance loss, and the first MS author's code (DeepMetric-XW Binomial.py) follows other
-rules (self by value S < 1, anchors without negatives skipped), so ``REFS.real`` is empty.
+binomial deviance loss, and the first MS author's code (DeepMetric-XW, bnu-wangxun/Deep_Metric
+``losses/Binomial.py``) follows other rules (self by value S < 1, anchors without negatives
+skipped). Under the ``official`` profile, which models those rules, that code is re-expressed here
+(``deep_metric``, its default path without ``hard_mining``): positives = same label with S < 1,
+per-anchor means of log(1 + exp(-2 (S - 0.5))) over positives and log(1 + exp(40 (S - 0.5))) over
+negatives, an anchor without negatives skipped, sum divided by the batch size.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import math
 import numpy as np
 import torch
 
+from ..common import NotApplicable
 from .contract import LossRefs
 
 
@@ -54,7 +59,36 @@ def loop(S, pos, neg, profile, *, alpha, beta, lam):
     return total, G
 
 
+def deep_metric(X, labels, R, ref_labels, ref_self, normalize, *, alpha, beta, lam):
+    """Deep_Metric BinomialLoss rules without hard mining (see the module docstring), in float64."""
+    if alpha != 2.0:
+        raise NotApplicable("Deep_Metric hard-codes the positive scale 2 (its alpha is the negative scale)")
+    if R is not None:
+        raise NotApplicable("Deep_Metric's BinomialLoss works on the batch only")
+    if not normalize:
+        raise NotApplicable("Deep_Metric recognises the self pair by S < 1, which needs unit rows")
+    U = torch.nn.functional.normalize(X, dim=1)
+    sim = U @ U.T
+    y = np.asarray(labels)
+    S = sim.detach().numpy()
+    same = y[:, None] == y[None, :]
+    if np.any(np.diag(S) < 1.0):
+        raise NotApplicable("x.x rounds below 1 on some row: Deep_Metric's S < 1 would keep the self pair")
+    if np.any(same & ~np.eye(len(y), dtype=bool) & (S >= 1 - 1e-5)):
+        raise NotApplicable("a same-label pair within 1e-5 of S = 1: Deep_Metric's S < 1 keeps it, the official profile drops it")
+    terms = []
+    for i in range(len(y)):
+        pos_pair = sim[i][torch.as_tensor(same[i] & (S[i] < 1))]
+        neg_pair = sim[i][torch.as_tensor(~same[i])]
+        if len(pos_pair) == 0 or len(neg_pair) == 0:
+            raise ValueError("Deep_Metric's mean over no positive is NaN (an anchor without negatives it skips)")
+        terms.append(torch.mean(torch.log(1 + torch.exp(-2 * (pos_pair - lam))))
+                     + torch.mean(torch.log(1 + torch.exp(beta * (neg_pair - lam)))))
+    return sum(terms) / len(y)
+
+
 REFS = LossRefs(
     torch_loss=torch_loss,
     loop=loop,
+    real={"official": {"Deep_Metric BinomialLoss rules": deep_metric}},
 )

@@ -19,6 +19,13 @@ Omniglot test split) and/or ``val_fraction`` of the other training characters. S
 alphabet split when there is one, else the character split; with both, the character split's
 choice is reported too (``val_characters_selected``).
 
+Under torchrun (env ``RANK``/``WORLD_SIZE``, world size > 1) each rank trains on its contiguous
+share of every class-balanced batch (same slots, so the same augmentation draws), the model is wrapped
+in DDP and the loss is ``gpwref.torch.GlobalBatchLoss`` over the gathered batch: the updates equal
+single-process training on the whole batch (docs/distributed.md; BatchNorm in train mode still sees
+local statistics). Rank 0 writes to the output folder, rank r > 0 to ``rank_r/`` in it; the float64
+cross-check is off (it compares one process's batch).
+
 Reported per seed: the best test Recall@1 over all evaluations (the paper's way: selection on the
 test set), the last iteration, the iteration chosen by the validation Recall@1 (ties go to the
 earliest evaluation), and the iteration-0 network. Several seeds give mean and spread.
@@ -57,7 +64,7 @@ from .sampler import ClassBalancedSampler
 from .transforms import InputSpec, test_view, train_view
 
 PAPER_CUB_512 = {"R@1": 65.7, "R@2": 77.0, "R@4": 86.3, "R@8": 91.2}
-BRIDGE_TOLERANCE = {"reference": 1e-6, "gpwref.torch": 1e-4}
+BRIDGE_TOLERANCE = {"reference": 1e-6, "gpwref.torch": 1e-4, "global-batch": 1e-4}
 CACHE_LIMIT_BYTES = 256 * 2**20  # evaluation views of a split are kept in memory below this size
 CHECKPOINT_FORMAT = 2  # 2: holds the validation-selected weights as well
 MODEL_FORMAT = "gpwref-repro-model-1"
@@ -148,10 +155,12 @@ class TestViews(Dataset):
 
 
 class BatchPlan(Sampler):
-    """Batches ``start .. stop - 1`` of a class-balanced stream, as lists of (index, iteration, slot)."""
+    """Batches ``start .. stop - 1`` of a class-balanced stream, as lists of (index, iteration, slot);
+    with ``world`` > 1 only rank ``rank``'s contiguous share of each batch (its global slots)."""
 
-    def __init__(self, sampler: ClassBalancedSampler, start: int, stop: int):
+    def __init__(self, sampler: ClassBalancedSampler, start: int, stop: int, rank: int = 0, world: int = 1):
         self.sampler, self.start, self.stop = sampler, start, stop
+        self.rank, self.world = rank, world
 
     def __len__(self) -> int:
         return self.stop - self.start
@@ -161,7 +170,8 @@ class BatchPlan(Sampler):
             if iteration >= self.stop:
                 return
             if iteration >= self.start:
-                yield [(index, iteration, slot) for slot, index in enumerate(batch)]
+                share = np.array_split(np.arange(len(batch)), self.world)[self.rank]
+                yield [(batch[slot], iteration, int(slot)) for slot in share]
 
 
 @dataclass
@@ -295,6 +305,45 @@ def load_model(path, map_location="cpu") -> EmbeddingNet:
     return model
 
 
+def distributed_world() -> tuple[int, int]:
+    """(rank, world size): from an initialised process group, else from torchrun's environment
+    (``WORLD_SIZE`` > 1: the group is initialised here, NCCL with CUDA, gloo otherwise), else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+class GlobalCriterion(torch.nn.Module):
+    """``gpwref.torch.GlobalBatchLoss`` with the trainer's bookkeeping (``seconds``, ``describe``, ``path``)."""
+
+    path = "global-batch"
+
+    def __init__(self, config: Config, world: int):
+        super().__init__()
+        from gpwref.torch import GlobalBatchLoss
+
+        backend = "numpy" if config.loss_path == "reference" else None
+        self.inner = GlobalBatchLoss(config.loss, profile=config.profile, backend=backend, normalize=False, **config.hyper)
+        self.loss, self.profile, self.hyper, self.world = config.loss, config.profile, self.inner.hyper, world
+        self.seconds = 0.0
+        self.last_result = None
+
+    def forward(self, embeddings: torch.Tensor, labels) -> torch.Tensor:
+        start = time.perf_counter()
+        value = self.inner(embeddings, torch.as_tensor(labels, device=embeddings.device))
+        self.seconds += time.perf_counter() - start
+        return value
+
+    def describe(self) -> str:
+        hyper = ", ".join(f"{k}={v}" for k, v in self.hyper.items())
+        return f"{self.loss} (profile {self.profile}; {hyper}) via gpwref.torch.GlobalBatchLoss over the batch of {self.world} ranks"
+
+
 def _device(config: Config) -> torch.device:
     if config.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -397,9 +446,16 @@ def train_seed(
             stale.unlink(missing_ok=True)
 
     device = _device(config)
+    rank, world = distributed_world()
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
     if config.threads:
         torch.set_num_threads(config.threads)
     model = build_model(prepared, seed).to(device)
+    train_model = model
+    if world > 1:  # DDP averages the parameter gradients; evaluation and checkpoints use the plain model
+        train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     backbone_params, head_params = model.parameter_groups()
     optimizer = torch.optim.Adam(
         [{"params": backbone_params, "lr_mult": config.backbone_lr_mult}, {"params": head_params, "lr_mult": 1.0}],
@@ -408,7 +464,7 @@ def train_seed(
     )
     use_amp = config.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda") if use_amp else None
-    criterion = GpwrefLoss(config.loss, config.profile, path=None if config.loss_path == "auto" else config.loss_path, **config.hyper)
+    criterion = GlobalCriterion(config, world) if world > 1 else GpwrefLoss(config.loss, config.profile, path=None if config.loss_path == "auto" else config.loss_path, **config.hyper)
     _warm_up(criterion, config, device)
     history: list[dict] = []
     checks: list[dict] = []
@@ -435,7 +491,7 @@ def train_seed(
     sampler = ClassBalancedSampler(prepared.train.labels, config.classes_per_batch, config.instances, seed)
     loader = DataLoader(
         TrainViews(prepared.train, prepared.spec, seed),
-        batch_sampler=BatchPlan(sampler, start_it, config.iterations),
+        batch_sampler=BatchPlan(sampler, start_it, config.iterations, rank, world),
         num_workers=config.workers,
         pin_memory=device.type == "cuda",
     )
@@ -493,9 +549,9 @@ def train_seed(
             group["lr"] = config.lr * factor * group["lr_mult"]
         images = images.to(device, non_blocking=True)
         with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-            embeddings = model(images)
+            embeddings = train_model(images)
         embeddings = embeddings.float()
-        check_now = config.crosscheck_every and iteration % config.crosscheck_every == 0
+        check_now = config.crosscheck_every and iteration % config.crosscheck_every == 0 and world == 1
         if check_now:
             embeddings.retain_grad()
         loss_before = criterion.seconds
@@ -707,10 +763,13 @@ def run(config: Config, seeds, out_dir, *, resume: bool = False, overwrite: bool
     started = time.perf_counter()
     prepared = prepared or prepare(config, Log(quiet=quiet))  # refuses before anything is written
     out_dir = Path(out_dir)
+    rank, world = distributed_world()
+    if rank > 0:  # every rank trains the same model; rank 0 owns the output folder
+        out_dir, quiet, progress = out_dir / f"rank_{rank}", True, False
     out_dir.mkdir(parents=True, exist_ok=True)
     log = Log(out_dir / "log.txt", quiet=quiet)
     log(f"gpwref reproduce: {command}" if command else "gpwref reproduce")
-    log(f"loss path: {BRIDGE_NOTE}")
+    log(f"loss path: {BRIDGE_NOTE}" if world == 1 else f"loss path: gpwref.torch.GlobalBatchLoss, rank {rank} of {world} ({torch.distributed.get_backend()}); float64 cross-check off")
     for warning in prepared.data_report.get("warnings", []):
         log(f"WARNING data: {warning}")
     log(f"data: train {prepared.data_report['train_used']}, val {prepared.data_report['val']}, test {prepared.data_report['test']}")
@@ -726,6 +785,7 @@ def run(config: Config, seeds, out_dir, *, resume: bool = False, overwrite: bool
         "data": prepared.data_report,
         "weights": prepared.weights_report,
         "environment": environment(),
+        "distributed": {"world_size": world, "rank": rank},
         "seeds": list(seeds),
         "aggregate": aggregate(per_seed, config.ks),
         "paper_cub_512d": PAPER_CUB_512 if config.dataset == "cub" else None,
