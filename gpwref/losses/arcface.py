@@ -105,4 +105,5 @@ ENTRY = LossEntry(
     limits="sample-to-proxy: ref IS the class weights (ref_labels = their classes) and is required; "
     "raises where a positive pair has S = 1 exactly (infinite gradient at theta = 0); psi jumps at theta = pi - margin",
     family="proxy",
+    counterparts={"pytorch-metric-learning": "ArcFaceLoss"},
 )

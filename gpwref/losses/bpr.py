@@ -51,4 +51,5 @@ ENTRY = LossEntry(
     variants=({}, {"reduction": "mean"}),
     limits="the L2 regulariser of BPR-Opt acts on model parameters and is not part of the pair loss",
     family="ranking",
+    counterparts={"pytorch-metric-learning": "TripletMarginLoss(smooth_loss=True)"},
 )

@@ -68,4 +68,5 @@ ENTRY = LossEntry(
     variants=({}, {"reduction": "mean"}),
     limits="raw codes (normalize=False) are the paper's setting; the quantisation term is not a pair term",
     family="pair",
+    counterparts={"DPSH-pytorch (official)": "DPSH_CIFAR_10.py training loss"},
 )

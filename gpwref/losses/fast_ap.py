@@ -166,4 +166,5 @@ ENTRY = LossEntry(
     limits="histogram kernels are piecewise linear: kinks at bin centres and feet follow kink_slope; "
     "extras['official_backward_scale'] = N'/2 is the official backward's extra factor",
     family="ranking",
+    counterparts={"pytorch-metric-learning": "FastAPLoss", "FastAP-metric-learning (official)": "FastAPLoss (pytorch/FastAP_loss.py)"},
 )

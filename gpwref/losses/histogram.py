@@ -180,4 +180,5 @@ ENTRY = LossEntry(
     limits="G is piecewise constant and jumps at the nodes (a pair on a node takes the bin starting there); "
     "under node_precision='float32' (PML) L itself jumps by ~1e-6 relative at the nodes; pair similarities "
     "must lie in [-1, 1] (cosines); s = 1 lies in the last bin (PML crashes there)",
+    counterparts={"pytorch-metric-learning": "HistogramLoss"},
 )

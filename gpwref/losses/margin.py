@@ -158,4 +158,5 @@ ENTRY = LossEntry(
     variants=({}, {"nu": 0.1}, {"pairing": "triplets", "nu": 0.05}, {"pairing": "pairs", "dist_eps": 1e-8}),
     limits="extras['grad_beta'] = dL/dbeta (global or per class); the paper's distance-weighted sampling and the "
     "official codes' one sampled triplet per anchor are random miners and are not modelled",
+    counterparts={"pytorch-metric-learning": "MarginLoss"},
 )

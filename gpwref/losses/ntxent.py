@@ -98,4 +98,5 @@ ENTRY = LossEntry(
     variants=({}, {"denominator": "positive_and_negatives"}, {"denominator": "all"}),
     limits="denominator='all' is not GPW-signed when an anchor has several positives; PML's + finfo.tiny "
     "inside the log is not modelled (it matters only for softmax shares below 2.2e-308)",
+    counterparts={"pytorch-metric-learning": "NTXentLoss"},
 )

@@ -57,4 +57,5 @@ ENTRY = LossEntry(
     variants=({}, {"margin": 0.1}, {"margin": 0.1, "reduction": "mean_nonzero"}),
     boundary_param="margin",
     family="ranking",
+    counterparts={"pytorch-metric-learning": "TripletMarginLoss"},
 )

@@ -120,4 +120,5 @@ ENTRY = LossEntry(
     variants=({}, {"variant": "Ds"}, {"variant": "Dq"}, {"variant": "Iu"}, {"variant": "Ib"}),
     limits="include_query holds the query's own score at 1 (unit rows)",
     family="ranking",
+    counterparts={"pytorch-metric-learning": "PNPLoss"},
 )

@@ -58,4 +58,5 @@ ENTRY = LossEntry(
     variants=({}, {"scale": 9.0}, {"include_positive": True}),
     limits="sample-to-proxy: ref IS the proxies (ref_labels = their classes) and is required",
     family="proxy",
+    counterparts={"pytorch-metric-learning": "ProxyNCALoss", "RDML": "proxynca.Criterion (criteria/proxynca.py)"},
 )

@@ -125,4 +125,5 @@ ENTRY = LossEntry(
     limits="not GPW-signed for Tn > 0 (or Tp > 0): the live softmax weights give the least violating "
     "negatives a negative weight; PML has no margin/Tn defaults (the RLL paper's 0.4 and 10 are used) "
     "and no reference set",
+    counterparts={"pytorch-metric-learning": "RankedListLoss"},
 )

@@ -105,4 +105,5 @@ ENTRY = LossEntry(
     similarities=("positive-relative",),
     variants=({}, {"sigma": 5.0}, {"reduction": "sum"}),
     family="ranking",
+    counterparts={"pytorch-metric-learning": "TripletMarginLoss(smooth_loss=True)"},
 )

@@ -182,4 +182,5 @@ ENTRY = LossEntry(
     limits="simix needs the batch as its own reference set and assumes unit rows (S's diagonal taken as 1); "
     "positive weights can take either sign",
     family="ranking",
+    counterparts={"RecallatK_surrogate (official)": "RecallatK (src/losses.py)"},
 )

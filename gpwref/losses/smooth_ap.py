@@ -138,4 +138,5 @@ ENTRY = LossEntry(
     variants=({}, {"include_query": True, "sigmoid_clamp": 50.0}),
     limits="positive weights can take either sign; include_query holds the query's own score at 1 (unit rows)",
     family="ranking",
+    counterparts={"pytorch-metric-learning": "SmoothAPLoss", "Smooth_AP (official)": "SmoothAP (src/losses.py)"},
 )

@@ -142,4 +142,5 @@ ENTRY = LossEntry(
     limits="sample-to-proxy: ref IS the centers (ref_labels = their classes) and is required; a center far below its "
     "class's soft maximum gets a weight of the opposite sign; center_softmax='classes' needs equal centers per class",
     family="proxy",
+    counterparts={"pytorch-metric-learning": "SoftTripleLoss"},
 )

@@ -98,4 +98,5 @@ ENTRY = LossEntry(
     limits="not GPW-signed: a positive pair closer than the margin angle (S > cos(margin)) gets a positive "
     "weight; positive pairs with |S| within 5e-13 of 1 (or beyond) take theta = 0 or pi with no gradient "
     "(arccos's slope is infinite there; PML returns inf/NaN)",
+    counterparts={"pytorch-metric-learning": "TupletMarginLoss"},
 )
