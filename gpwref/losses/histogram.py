@@ -8,7 +8,7 @@ bin [t_r, t_{r+1}) puts weight (t_{r+1} - s)/Delta on node r and (s - t_r)/Delta
     Phi+_r = sum_{q <= r} h+_q                           (inclusive cumulative sum)
     L = sum_r h-_r Phi+_r                                 (probability that a negative beats a positive)
 
-GPW weights (piecewise constant in s; catalog.md 2.6)::
+GPW weights (piecewise constant in s; docs/losses.md#histogram)::
 
     dL/ds = +h+_{r+1} / (Delta |N|)     negative pair in bin r
     dL/ds = -h-_r     / (Delta |P|)     positive pair in bin r

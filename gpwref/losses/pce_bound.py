@@ -3,7 +3,7 @@ r"""The pairwise loss that cross-entropy bounds (Boudiaf et al., ECCV 2020), "PC
 Boudiaf, Rony, Ziko, Granger, Pedersoli, Piantanida, Ben Ayed, "A unifying mutual information view
 of metric learning: cross-entropy vs. pairwise losses" (arXiv 2003.08983) relate the cross-entropy of
 a linear classifier to a pairwise loss with a "tightness" part (pull same-class features together)
-and a "contrastive" part (a softmax over classes). gpwref implements it in the form catalog.md 2.18
+and a "contrastive" part (a softmax over classes). gpwref implements it in the form docs/losses.md#pce_bound
 records (tagged [P] there: recalled, not re-read in the PDF), for n = m samples, classes k present in
 the batch and lam > 0::
 
@@ -38,7 +38,7 @@ the class's anchors. tests/test_losses_neighbours.py checks it against the textb
 
 Self terms. The self-similarity z_i . z_i enters only through the constant-in-S self terms: gpwref
 takes it as 1, i.e. unit rows (``normalize=True``), so the self pair carries no weight (on unit rows
-its gradient is radial and vanishes anyway, SPEC.md). A similarity matrix whose diagonal is not 1
+its gradient is radial and vanishes anyway, docs/conventions.md#notation). A similarity matrix whose diagonal is not 1
 (within 1e-5) is refused: on raw features the self terms would need ||z_i||^2, which S of unit rows
 does not hold. The batch is its own reference set (``supports_ref=False``): L_PCE is a function of
 the whole labelled sample, and c_k would be undefined against a memory bank.
@@ -112,6 +112,6 @@ ENTRY = LossEntry(
     gpw_sign=False,
     supports_ref=False,
     variants=({}, {"lam": 0.1}),
-    limits="unit rows only (self terms z_i.z_i taken as 1); the batch is its own reference set; constants as recorded in catalog.md 2.18 [P], bound not confirmed",
+    limits="unit rows only (self terms z_i.z_i taken as 1); the batch is its own reference set; constants as recorded in docs/losses.md#pce_bound, bound not confirmed",
     family="pair",
 )

@@ -32,13 +32,13 @@ tied or close positives j, p the terms a_P(p) G'_jp and a_P(j) G'_pj nearly canc
 positive's weight is exact only to ~2^-53 times the sum of its terms' sizes, not of itself
 (verification/refs/smooth_ap.py measures against that size).
 
-Conventions (catalog.md section 3, item 14), each a knob:
+Conventions (docs/losses.md#smooth_ap), each a knob:
 
 * ``include_query``: the official code (Smooth_AP ``src/losses.py``, SmoothAP.forward) and
   pytorch-metric-learning 2.9 ``SmoothAPLoss`` (``losses/smooth_ap.py``) rank the query inside its own
   retrieval set and count it as a relevant item. gpwref adds the query to P_i and Omega_i with score
   1, the self-similarity of a unit row, held constant: for unit rows the diagonal's gradient is
-  radial and vanishes through the normalisation (SPEC.md), so G has no diagonal entry and the
+  radial and vanishes through the normalisation (docs/conventions.md#notation), so G has no diagonal entry and the
   diagonal of S is not read. Every query is then alive (N' = m).
 * ``sigmoid_clamp``: the official code clamps the exponent -x/tau to [-c, c] with c = 50 (zero
   slope beyond, as torch.clamp: |x/tau| > c strictly); PML's Smooth-AP uses torch's plain sigmoid.

@@ -22,7 +22,7 @@ a center more than gamma below its class's soft maximum (S_ij < S'_ic - gamma) g
 sign, so ``gpw_sign`` is False for this entry (tests/test_losses_proxy_ranking.py shows it). Uses self
 similarity and negative-relative similarity (both softmaxes).
 
-Conventions (catalog.md section 3, item 19): the paper and pytorch-metric-learning
+Conventions (docs/losses.md#soft_triple): the paper and pytorch-metric-learning
 ``SoftTripleLoss`` (``losses/soft_triple_loss.py``: la=20, gamma stored as 1/0.1, margin 0.01,
 10 centers per class, softmax over each class's centers) are ``center_softmax="centers"``. RDML
 (``criteria/softtriplet.py``) takes that softmax over dim=1 of its (batch, classes, centers) tensor,

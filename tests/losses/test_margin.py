@@ -40,7 +40,7 @@ def test_margin_hand_derived_pairs_and_triplets():
 
 
 def test_margin_beta_gradient_and_per_class_against_pml():
-    # catalog.md section 3 item 11: PML enumerates all triplets; per-class betas, learnable, nu > 0.
+    # docs/losses.md#margin: PML enumerates all triplets; per-class betas, learnable, nu > 0.
     rng = np.random.default_rng(5)
     X = rng.normal(size=(8, 4))
     y = np.array([0, 0, 0, 1, 1, 2, 2, 2])

@@ -1,6 +1,6 @@
 """Second opinions on margin loss: torch formulation (explicit triplets), plain loop, real code.
 
-Written from the formulas (catalog.md 2.9, section 3 item 11) without calling gpwref's vectorised
+Written from the formulas (docs/losses.md#margin) without calling gpwref's vectorised
 code. Per-class betas need the anchors' labels (``needs_labels``); dL/dbeta is checked by autograd
 with beta as a leaf (``torch_extras``). Checks run through verification/harness.py's frozen-value
 path (nothing is detached; the regime is the set of active hinges).

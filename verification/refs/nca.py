@@ -1,6 +1,6 @@
 """Second opinions on NCA: torch formulation on squared distances, plain loop, real code.
 
-Written from the formulas (catalog.md 2.19) without calling gpwref's vectorised code. The "log"
+Written from the formulas (docs/losses.md#nca) without calling gpwref's vectorised code. The "log"
 weights p - p/q are a difference of O(2s/M) terms, so checks run through
 verification/harness.py's frozen-value path with those term sizes as floors (nothing is detached).
 """
