@@ -32,7 +32,7 @@ under ``"left"`` the slopes are K_{l-1}' = -1/Delta, K_l' = +1/Delta, K_{l+1}' =
 derivative of L from above in S_ij. The derivative from below differs from it by (2/N')(1/Delta)
 times the second difference of the pair's bin weights across l-1, l, l+1, which can be arbitrarily
 small but is not 0 in general: L has a kink there, and a central difference across it returns
-the mean of the two slopes, which neither rule is (tests/test_losses_proxy_ranking.py derives a case
+the mean of the two slopes, which neither rule is (tests/losses/test_fast_ap.py derives a case
 whose jump is 3e-5 of max|G|). PML's autograd gives the ``"zero"`` value and the official backward
 the ``"left"`` one wherever their own arithmetic (cdist**2, torch.linspace centres) puts the distance
 exactly on the centre (d = 1 with B = 4 in that test file); elsewhere their side of the kink is
@@ -55,7 +55,7 @@ d(d2)/dX, so its gradient is (N'/2) times the gradient of its own forward value
 (docs/losses.md#fast_ap); ``extras["official_backward_scale"]`` = N'/2 is that factor (grad_sim stays the true
 gradient). The weights use self similarity and, through the histograms, the relative order of all
 of the anchor's pairs (negative- and positive-relative similarity). The sign of a weight is not
-fixed (gpw_sign is False): tests/test_losses_proxy_ranking.py shows a weight of the wrong sign.
+fixed (gpw_sign is False): tests/losses/test_fast_ap.py shows a weight of the wrong sign.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ sum_i sum_{j : y_j = y_i} S_ij = n^2 sum_k ||c_k||^2 gives the equivalent form::
 (n_k = class size): two non-negative terms, so L_PCE >= 0, and exactly 0 on a one-class batch
 (where the textbook form cancels O(1) terms). gpwref evaluates this form; ``per_anchor[i]`` =
 (1/n_{y_i} - 1/n) ||c_{y_i}||^2 / (2 lam) + (1/n) log(1 + ...), the class term split evenly over
-the class's anchors. tests/test_losses_neighbours.py checks it against the textbook form.
+the class's anchors. tests/losses/test_pce_bound.py checks it against the textbook form.
 
 Self terms. The self-similarity z_i . z_i enters only through the constant-in-S self terms: gpwref
 takes it as 1, i.e. unit rows (``normalize=True``), so the self pair carries no weight (on unit rows
@@ -45,7 +45,7 @@ the whole labelled sample, and c_k would be undefined against a memory bank.
 
 What could not be confirmed (the paper was not available here): (1) the exact constants, i.e.
 whether ||c_k||^2 / (2 lam) (hard class means) or a soft-mean term sits inside the exponent;
-(2) the bound itself. Numerically (tests/test_losses_neighbours.py), for the form above none of
+(2) the bound itself. Numerically (tests/losses/test_pce_bound.py), for the form above none of
 "CE(theta) >= L_PCE for every classifier theta", "min_theta CE(theta) + lam/2 ||theta||^2 >= L_PCE"
 or "CE(c/lam) >= L_PCE" holds on all batches, so gpwref checks the loss and its weights, not the
 bound. Classes absent from the batch are left out of the softmax (a classifier over K > k classes

@@ -45,7 +45,7 @@ Conventions (docs/losses.md#smooth_ap), each a knob:
 
 Both codes take no labels: they assume a class-sorted batch of equal class groups (PML 2.9 reshapes
 the batch into B/C groups of C consecutive items, C the number of classes, which is the class
-structure only when every class has exactly C samples; see tests/test_losses_proxy_ranking.py).
+structure only when every class has exactly C samples; see tests/losses/test_smooth_ap.py).
 """
 
 from __future__ import annotations

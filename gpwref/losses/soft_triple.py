@@ -19,7 +19,7 @@ softmax) and c = class(j)::
 (d S'_ic / d S_ij = a_ij + sum_k S_ik a_ik ([k = j] - a_ij) / gamma). The GPW sign rule holds for
 the class similarities S' (g <= 0 on the own class, >= 0 on the others) but NOT for every center:
 a center more than gamma below its class's soft maximum (S_ij < S'_ic - gamma) gets the opposite
-sign, so ``gpw_sign`` is False for this entry (tests/test_losses_proxy_ranking.py shows it). Uses self
+sign, so ``gpw_sign`` is False for this entry (tests/losses/test_soft_triple.py shows it). Uses self
 similarity and negative-relative similarity (both softmaxes).
 
 Conventions (docs/losses.md#soft_triple): the paper and pytorch-metric-learning

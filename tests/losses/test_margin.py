@@ -59,7 +59,7 @@ def test_margin_beta_gradient_and_per_class_against_pml():
 
 
 def test_margin_pml_stores_beta_in_float32():
-    # Discrepancy not in catalog.md: PML keeps beta in a float32 tensor (margin_loss.py:98), so with
+    # Discrepancy (docs/losses.md#margin): PML keeps beta in a float32 tensor (margin_loss.py:98), so with
     # float64 embeddings it computes with 1.2000000476837158, not 1.2.
     rng = np.random.default_rng(0)
     X = rng.normal(size=(10, 3))

@@ -156,7 +156,7 @@ def _require_same_kink_sides(X, num_bins):
     to either side, where its autograd slope is a one-sided one decided by that round-off. Where every
     pair's branch (sign of d - z_l, sign of the kernel's argument) is the same as on the exact grid
     t = (2 - 2 u.v) B / 4, PML's gradient must equal gpwref's "zero" rule, kinks included (at d = 0,
-    and e.g. at d = 1 with B = 4, where cdist and linspace are exact: tests/test_losses_proxy_ranking.py)."""
+    and e.g. at d = 1 with B = 4, where cdist and linspace are exact: tests/losses/test_fast_ap.py)."""
     with torch.no_grad():
         U = torch.nn.functional.normalize(X.detach(), p=2, dim=1)
         theirs = torch.cdist(U, U) ** 2
