@@ -80,7 +80,7 @@ def test_numba_float64_matches_reference(loss, profile, variant, batch):
 
 def _lipschitz_weights(loss, hyper):
     """False for euclidean contrastive and lifted: their weight 1/d magnifies S's last-bit differences
-    by 1/d^2 near duplicates (the policy's conditioning bound covers it; tests/test_kernels_lifted.py
+    by 1/d^2 near duplicates (the policy's conditioning bound covers it; tests/kernels/test_kernels_lifted.py
     checks the lifted kernels to 1e-12 on the reference's own S)."""
     if loss == "lifted_structure":
         from gpwref.losses.lifted_structure import for_form
