@@ -23,7 +23,7 @@ import sys
 
 from benchlib import HYPER, IMPLS, SIGMA, classes_per_batch, clustered, gate, gpu_available, gpu_peak_bytes, mined_fraction, rounds_for
 
-CPU_MAX_M = 8192  # research-perf.md 6: the CPU sweep stops at 2^13
+CPU_MAX_M = 8192  # docs/benchmark-design.md#sizes: the CPU sweep stops at 2^13
 
 
 def _cpu_peak_bytes(impl, m, d):

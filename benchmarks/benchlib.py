@@ -5,7 +5,7 @@ with the same hyper-parameters, alpha = 2, beta = 50, lam = 0.5, eps = 0.1 (PML'
 the paper's/official eps), under the semantics it declares (``Impl.profile``); before it is timed
 its value and dL/dX must match gpwref's float64 reference for that profile (``gate``).
 
-Inputs (research-perf.md section 6): class centres uniform on the sphere, X = c_y + sigma N(0, I/d),
+Inputs (docs/benchmark-design.md#inputs): class centres uniform on the sphere, X = c_y + sigma N(0, I/d),
 sigma = 2 ("mid" regime: about 10 % of negatives and 80-90 % of positives mined), k = 4 per class,
 except the paper's batch m = 80 = 16 classes x 5. The mined fraction is logged with every result.
 """
@@ -318,5 +318,5 @@ def gpu_peak_bytes(impl: Impl, state) -> int | None:
 
 
 def rounds_for(seconds_per_call: float) -> int:
-    """Repeats: at least 7, and enough for about 0.5 s, capped for slow calls (research-perf.md 6)."""
+    """Repeats: at least 7, and enough for about 0.5 s, capped for slow calls (docs/benchmark-design.md#procedure)."""
     return int(min(50, max(7, np.ceil(0.5 / max(seconds_per_call, 1e-6)))))

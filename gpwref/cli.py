@@ -1,7 +1,7 @@
 """The ``gpwref`` command. Each sub-command lives in its own module, imported only when used.
 
     gpwref verify [--seed N] [--batches N] [--loss NAME ...] [--profile NAME ...]
-    gpwref list                              the catalog, one line per loss
+    gpwref list [--json]                     the catalog, one line per loss (--json: every entry's fields)
     gpwref profiles show NAME | diff A B     convention profiles as tables
     gpwref plot LOSS [--out DIR] ...         GPW weight plots (two PNGs into DIR, default the current folder)
     gpwref reproduce ...                     the CUB-200 / Omniglot training reproduction
@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import json
+import math
 import sys
 from pathlib import Path
 
@@ -46,10 +48,53 @@ def _verify(argv: list[str]) -> int:
     return main(argv)
 
 
+def _json_value(value):
+    """A hyper-parameter default as JSON: tuples as lists, mapping keys as text, inf/NaN as text."""
+    if isinstance(value, dict) or hasattr(value, "items"):
+        return {str(key): _json_value(item) for key, item in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [_json_value(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def catalog_as_json() -> list[dict]:
+    """Every catalog entry's declared fields, as ``gpwref list --json`` prints them."""
+    from .catalog import CATALOG
+
+    return [
+        {
+            "name": entry.name,
+            "family": entry.family,
+            "profiles": list(entry.defaults),
+            "hyper": {
+                name: {
+                    "rule": rule.rule,
+                    "defaults": {profile: _json_value(defaults[name])
+                                 for profile, defaults in entry.defaults.items() if name in defaults},
+                }
+                for name, rule in entry.hyper.items()
+            },
+            "variants": [_json_value(variant) for variant in entry.variants],
+            "supports_ref": entry.supports_ref,
+            "counterparts": dict(entry.counterparts),
+            "reference": entry.reference,
+        }
+        for entry in CATALOG
+    ]
+
+
 def _list(argv: list[str]) -> int:
     from .catalog import CATALOG
 
-    argparse.ArgumentParser(prog="gpwref list", description="List the catalog").parse_args(argv)
+    parser = argparse.ArgumentParser(prog="gpwref list", description="List the catalog")
+    parser.add_argument("--json", action="store_true", help="every entry as JSON: name, family, profiles, "
+                        "hyper-parameters (rule, default per profile), variants, supports_ref, counterparts")
+    args = parser.parse_args(argv)
+    if args.json:
+        print(json.dumps(catalog_as_json(), indent=1, allow_nan=False))
+        return 0
     for entry in CATALOG:
         print(f"{entry.name:28s} profiles={','.join(entry.defaults):20s} {entry.reference}")
     return 0

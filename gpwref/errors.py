@@ -1,7 +1,7 @@
 """One error type for the whole library, and the input checks that raise it.
 
 Every message names the argument and the rule it broke, so that a caller never has to read our
-source to learn what went wrong (SPEC.md, "Bad input").
+source to learn what went wrong (docs/oracle-contract.md#bad-input).
 """
 
 from __future__ import annotations

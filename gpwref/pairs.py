@@ -1,6 +1,6 @@
 """Similarities, pair masks, the result records, and the embedding gradient shared by every loss.
 
-Conventions (SPEC.md):
+Conventions (docs/conventions.md#notation):
 * ``S = X X_ref^T`` (m x n); with ``normalize=True`` the rows of X and X_ref are L2-normalised first.
 * Positives of anchor i: same label, not a self pair. Negatives: different label.
 * The self pair is (i, i) when the reference set is the batch; with a separate reference set the

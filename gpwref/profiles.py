@@ -55,7 +55,7 @@ PAPER = Profile(
     zero_if_at_most_one_pair=False,
     empty_lse="neg_inf",
     sources={
-        "self_rule": "SPEC.md: P_i = {j : y_j = y_i, j != i}",
+        "self_rule": "docs/conventions.md#notation: P_i = {j : y_j = y_i, j != i}",
         "empty_mined": "paper Eq. for L_MS: an empty kept set gives log(1 + 0) = 0",
         "mining_compare": "paper mining rule: S_ij > min S_ik - eps, S_ij < max S_ik + eps",
     },

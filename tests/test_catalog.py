@@ -1,4 +1,4 @@
-"""Templates run over every catalog entry x profile x variant (the proof of SPEC.md's contract).
+"""Templates run over every catalog entry x profile x variant (docs/oracle-contract.md#the-proofs-every-loss-gets).
 
 Each case goes through verification.harness.check_case: value, G and dL/dX against torch autograd
 on an independent formulation, G against finite differences away from kinks, value and G against a

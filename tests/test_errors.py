@@ -1,4 +1,4 @@
-"""Bad input (SPEC.md): each case raises GpwrefError naming the argument and the rule, never a NaN."""
+"""Bad input (docs/oracle-contract.md#bad-input): each case raises GpwrefError naming the argument and the rule, never a NaN."""
 
 from __future__ import annotations
 

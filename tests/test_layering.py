@@ -4,11 +4,15 @@ kernels that depend on neither the core nor the losses.
 Every ``import`` / ``from ... import`` of every gpwref/**/*.py counts, including those inside
 functions; relative imports are resolved, and ``from pkg import name`` is an edge to ``pkg.name``
 when that is a module (else to ``pkg``).
+
+The text of the source, tests, benchmarks and docs cites only documents inside the repository, and
+every ``docs/<page>.md#anchor`` it cites names an existing page and heading.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,3 +139,92 @@ def test_kernels_import_neither_the_core_nor_the_losses_nor_private_names():
                   and imported is not None and imported.startswith("_")):
                 offenders.append(f"{name} imports the private {target}.{imported}")
     assert not offenders, offenders
+
+
+# --- citations: only documents inside the repository ---------------------------------------------
+
+# The background notes the code was first written from live outside the repository; a citation of them
+# (by name, by section number, or by path) points nowhere for a reader of the repository.
+OUTSIDE_DOCUMENTS = re.compile(r"SPEC\.md|catalog\.md,? (section|[0-9§])|\.\./shared|research-(perf|users)|shared/")
+DOCS_CITATION = re.compile(r"docs/([A-Za-z0-9_-]+)\.md(?:#([A-Za-z0-9_-]+))?")
+RELATIVE_DOCS_LINK = re.compile(r"\]\(([A-Za-z0-9_-]+)\.md(?:#([A-Za-z0-9_-]+))?\)")
+
+
+def _scanned_texts():
+    """(path, text) of the source, tests, benchmarks and docs; this file is left out (it holds the patterns)."""
+    paths = [ROOT / "README.md"]
+    for folder, patterns in (("gpwref", ("*.py",)), ("verification", ("*.py", "*.md")), ("tests", ("*.py", "*.md")),
+                             ("benchmarks", ("*.py", "*.md")), ("docs", ("*.md", "*.py"))):
+        for pattern in patterns:
+            paths += sorted((ROOT / folder).rglob(pattern))
+    here = Path(__file__).resolve()
+    return [(path.relative_to(ROOT), path.read_text()) for path in paths if path.resolve() != here]
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation other than - and _ dropped, spaces as -."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def _anchors(page: Path) -> set[str]:
+    anchors, fenced = set(), False
+    for line in page.read_text().splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced and re.match(r"#{1,6} ", line):
+            anchors.add(_anchor(line.lstrip("#")))
+    return anchors
+
+
+def _broken_docs_citations(texts):
+    broken = []
+    for path, text in texts:
+        found = [(m, ROOT / "docs") for m in DOCS_CITATION.finditer(text)]
+        if path.suffix == ".md":
+            found += [(m, (ROOT / path).parent) for m in RELATIVE_DOCS_LINK.finditer(text)]
+        for match, folder in found:
+            page, anchor = folder / f"{match.group(1)}.md", match.group(2)
+            line = text.count("\n", 0, match.start()) + 1
+            if not page.is_file():
+                broken.append(f"{path}:{line}: {match.group(0)} (no such page)")
+            elif anchor and anchor not in _anchors(page):
+                broken.append(f"{path}:{line}: {match.group(0)} (no such heading)")
+    return broken
+
+
+def test_the_anchor_rule_matches_github_on_headings_with_punctuation():
+    assert _anchor(' What "well-conditioned" means') == "what-well-conditioned-means"
+    assert _anchor(" Oracle (gpwref.testing)") == "oracle-gpwreftesting"
+    assert _anchor(" 4. Tests: `tests/losses/test_<name>.py`") == "4-tests-testslossestest_namepy"
+
+
+def test_no_citation_of_a_document_outside_the_repository():
+    offenders = [f"{path}:{text.count(chr(10), 0, m.start()) + 1}: {m.group(0)}"
+                 for path, text in _scanned_texts() for m in OUTSIDE_DOCUMENTS.finditer(text)]
+    assert not offenders, offenders
+
+
+def test_every_cited_docs_page_and_heading_exists():
+    texts = _scanned_texts()
+    assert sum(len(DOCS_CITATION.findall(text)) for _, text in texts) > 50  # the scan sees the citations
+    broken = _broken_docs_citations(texts)
+    assert not broken, broken
+
+
+def test_the_citation_checks_catch_an_outside_document_and_a_missing_heading():
+    old = [(Path("gpwref/errors.py"), 'source to learn what went wrong (SPEC.md, "Bad input").')]
+    assert OUTSIDE_DOCUMENTS.search(old[0][1])
+    assert _broken_docs_citations([(Path("x.py"), "(docs/oracle-contract.md#bad-inputs)")])
+    assert _broken_docs_citations([(Path("x.py"), "(docs/no-such-page.md)")])
+    assert not _broken_docs_citations([(Path("x.py"), "(docs/oracle-contract.md#bad-input)")])
+
+
+REPOSITORY_FILE = re.compile(r"(?<![\w/.-])((?:gpwref|verification|tests|benchmarks|docs)/[A-Za-z0-9_/.-]+\.(?:py|md))")
+
+
+def test_every_cited_repository_file_exists():
+    # a moved file leaves its old path behind in comments; e.g. tests/test_losses_metric.py is gone
+    missing = [f"{path}:{text.count(chr(10), 0, m.start()) + 1}: {m.group(1)}"
+               for path, text in _scanned_texts() for m in REPOSITORY_FILE.finditer(text)
+               if not (ROOT / m.group(1)).exists()]
+    assert not missing, missing

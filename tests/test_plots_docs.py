@@ -1,4 +1,4 @@
-"""The GPW pictures (gpwref.plots) and the generated catalog table (gpwref.docs_table)."""
+"""The GPW pictures (gpwref.plots) and the generated catalog table (verification/docs_table.py)."""
 
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def test_committed_catalog_table_is_current():
-    # docs/catalog.md must be exactly what the catalog generates (python -m gpwref.docs_table).
+    # docs/catalog.md must be exactly what the catalog generates (python -m verification.docs_table).
     with open(os.path.join(REPO, docs_table.DOC_PATH), encoding="utf-8") as handle:
         committed = handle.read()
-    assert committed == docs_table.generate(), "docs/catalog.md is stale: run python -m gpwref.docs_table"
+    assert committed == docs_table.generate(), "docs/catalog.md is stale: run python -m verification.docs_table"
 
 
 def test_table_has_one_row_per_entry_with_its_real_implementations():

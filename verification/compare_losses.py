@@ -1,20 +1,25 @@
 """Train the same model with each loss of the catalog on the Omniglot open-set split and tabulate R@K.
 
-    python -m verification.compare_losses                       # the paper's comparison set (MS twice: paper
+    python -m gpwref_verification.compare_losses                # the paper's comparison set (MS twice: paper
                                                                 # and official conventions), 5 seeds
-    python -m verification.compare_losses --losses all          # every catalog loss this trainer can run
-    python -m verification.compare_losses --losses multi_similarity:official triplet:paper:mining=semi_hard
+    python -m gpwref_verification.compare_losses --losses all   # every catalog loss this trainer can run
+    python -m gpwref_verification.compare_losses --losses multi_similarity:official triplet:paper:mining=semi_hard
+
+(installed with ``pip install -e '.[repro]'``; from the repository root without installing,
+``python -m verification.compare_losses`` is the same command.)
 
 Everything but the loss is fixed: the Omniglot protocol of ``gpwref reproduce --dataset omniglot``
-(small CNN from scratch, 32 x 32 ink input, 16 classes x 5 images per batch, Adam, the same
-iterations and schedule, 20% of the training classes held out for selection), the same seeds, and
+(small CNN from scratch, 32 x 32 ink input with training views resampled once from the original
+drawing, 16 classes x 5 images per batch, Adam, the same iterations and schedule, one whole training
+alphabet held out for selection and 10% of the other alphabets' characters as a second validation
+split that is reported only), the same seeds, and
 the loss computed by gpwref's float64 reference (``loss_path="reference"`` for every row, so that
 the numerics and the cost column compare like with like). A row is ``NAME[:PROFILE[:KEY=VALUE,...]]``;
 without a profile the loss's ``paper`` convention is used (hyper-parameters: that profile's
 catalog defaults).
 
 Reported per row (mean ± sample std over seeds): test Recall@1/2/4/8 and MAP@R of the evaluation
-selected on the validation classes (the honest number), plus best-on-test R@1 (the paper's way of
+selected on the held-out alphabet (the honest number), plus best-on-test R@1 (the paper's way of
 selecting) and last-iteration R@1, and the training cost: milliseconds per iteration (data, forward,
 loss, backward, step; evaluation excluded), of which in the loss, and the wall time per run.
 Outputs: ``loss_comparison.md`` and ``loss_comparison.json`` in ``--out`` (the command, machine and
@@ -42,6 +47,33 @@ import gpwref
 PAPER_SET = ("multi_similarity", "multi_similarity:official", "contrastive", "triplet:paper:mining=semi_hard", "lifted_structure", "binomial_deviance", "npair", "histogram")
 RUNNABLE_FAMILIES = ("pair", "ranking")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+
+
+def _resample_text(resample: str) -> str:
+    return ("training views resampled once from the original image" if resample == "one-pass"
+            else "training views resized, cropped and resized again (two passes)")
+
+
+def _validation_text(config) -> str:
+    """What is held out for validation and which split selects, as ``repro.train.prepare`` splits it."""
+    characters = f"{int(round(100 * config.val_fraction))}% of the training characters" if config.val_fraction else ""
+    if config.val_alphabets:
+        alphabets = f"{config.val_alphabets} whole training alphabet{'s' if config.val_alphabets > 1 else ''}"
+        text = f"{alphabets} held out for validation-based selection"
+        if characters:
+            text += (f", and {int(round(100 * config.val_fraction))}% of the other alphabets' characters as a second "
+                     "validation split (reported, not used for selection)")
+        return text
+    return f"{characters} held out for validation-based selection" if characters else "no validation split"
+
+
+def _validation_split_text(data: dict) -> str:
+    val = data.get("val")
+    if not val:
+        return "none"
+    if val.get("held_out") == "alphabets":
+        return f"the {val['classes']} characters of the held-out alphabet(s) {', '.join(val['alphabets'])} (selection)"
+    return f"{val['classes']} held-out training characters (selection)"
 
 
 def _value(text: str):
@@ -124,7 +156,7 @@ def format_markdown(report: dict) -> str:
         f"Protocol: {report['protocol']}",
         "",
         f"Seeds: {report['seeds']}. Test split: {report['data']['test']['classes']} characters, {report['data']['test']['images']} images"
-        f" (alphabets {', '.join(report['data']['test_alphabets'])}); validation: {report['data']['val']['classes']} held-out training characters.",
+        f" (alphabets {', '.join(report['data']['test_alphabets'])}); validation: {_validation_split_text(report['data'])}.",
         "",
         "Recall@K and MAP@R in %, mean ± sample std over the seeds, at the evaluation selected by validation Recall@1"
         " (\"best-on-test\" selects on the test set itself, as the MS paper's code does, and is optimistic).",
@@ -280,14 +312,15 @@ def main(argv: list[str] | None = None) -> int:
         log(f"   {label}: val-selected R@1 {_fmt(sel['R@1'])}  R@2 {_fmt(sel['R@2'])}  R@4 {_fmt(sel['R@4'])}  R@8 {_fmt(sel['R@8'])}")
     untrained = next(iter(results))["aggregate"]["untrained"] if results else None
     report = {
-        "command": "python -m verification.compare_losses " + " ".join(shlex.quote(a) for a in argv),
+        "command": f"python -m {__package__}.compare_losses " + " ".join(shlex.quote(a) for a in argv),
         "environment": train.environment(),
         "protocol": (
             f"Omniglot, small CNN (4 conv blocks, 16-32-64-64 channels) from scratch, {base.crop} x {base.crop} ink input, "
-            f"random resized crop scale {tuple(base.crop_scale)}, {base.classes_per_batch} classes x {base.instances} images per batch, "
+            f"random resized crop scale {tuple(base.crop_scale)} ({_resample_text(base.resample)}), "
+            f"{base.classes_per_batch} classes x {base.instances} images per batch, "
             f"Adam lr {base.lr} (x{base.lr_gamma} at {list(base.lr_steps)}), weight decay {base.weight_decay}, {base.iterations} iterations, "
             f"max pooling, {base.embedding_dim}-d L2-normalised embeddings, evaluation every {base.eval_every} iterations, "
-            f"{int(round(100 * base.val_fraction))}% of the training classes held out for validation; the loss by gpwref's float64 reference "
+            f"{_validation_text(base)}; the loss by gpwref's float64 reference "
             f"(verification/repro/loss_bridge.py), cross-checked every {base.crosscheck_every} iterations"
         ),
         "seeds": args.seeds,

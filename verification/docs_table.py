@@ -5,8 +5,8 @@
 
 One row per catalog entry: loss, family, reference, which of the three similarities its weights
 use (self, negative-relative, positive-relative), whether it obeys the GPW sign rule, its profiles,
-and what it is verified against per profile. "Verified against" is read from the entry's ``REFS``
-record (``verification/refs/contract.py``): ``torch_loss`` means torch autograd in float64 on an
+what it is verified against per profile, and its ``counterparts``. "Verified against" is read from
+the entry's ``REFS`` record (``verification/refs/contract.py``): ``torch_loss`` means torch autograd in float64 on an
 independent formulation (plus central finite differences), ``loop`` a plain per-anchor loop, and
 ``real[profile]`` names the real implementations; ``verified_against``, where given, replaces the
 first three. Reading the refs modules needs the verification extras (torch); without them the column
@@ -34,7 +34,9 @@ depend on (self: S_ij itself; negative-relative: S_ij against the other pairs of
 positive-relative: a pair against the pairs of the other kind); *GPW sign* = G <= 0 on positives
 and >= 0 on negatives for every input; *verified against*, per profile: autograd = torch autograd
 in float64 on an independent torch formulation, fd = central finite differences, loop = a plain
-loop written from the closed-form weights, then the real implementations by name.
+loop written from the closed-form weights, then the real implementations by name; *counterparts*
+= the entry's `counterparts`: each real implementation and the class or function of it that is run
+(or whose rules are transcribed, where the code cannot run here).
 """
 
 
@@ -93,8 +95,8 @@ def verified_against(entry: LossEntry) -> str:
 
 
 def generate() -> str:
-    lines = [HEADER, "| loss | family | reference | weights use | GPW sign | profiles | verified against |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [HEADER, "| loss | family | reference | weights use | GPW sign | profiles | verified against | counterparts |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for entry in CATALOG:
         lines.append(
             "| " + " | ".join(_cell(value) for value in (
@@ -105,6 +107,7 @@ def generate() -> str:
                 "yes" if entry.gpw_sign else "no",
                 ", ".join(entry.defaults),
                 verified_against(entry),
+                "; ".join(f"{impl}: {name}" for impl, name in entry.counterparts.items()) or "none",
             )) + " |"
         )
     limits = [(entry.name, entry.limits) for entry in CATALOG if entry.limits]

@@ -1,7 +1,7 @@
 """``gpwref verify``: every check over the whole catalog and every profile, as one table.
 
 Each row (loss x profile x variant) draws ``--batches`` batches from a fixed seed, cycling through
-the edge cases of SPEC.md (plain, singletons, one class, ties, duplicates, on a mining boundary,
+the edge cases of docs/oracle-contract.md#edge-cases (plain, singletons, one class, ties, duplicates, on a mining boundary,
 m = 1, a reference set that excludes or includes the batch), runs verification.harness.check_case
 on each, and reports the worst error per check group. Exit status 1 on any failure.
 """
@@ -22,7 +22,7 @@ from .harness import TOLERANCES, check_case, loss_refs
 
 GROUPS = ("autograd", "fd", "loop", "real", "sign", "zeros", "raises")
 
-# One knob set per batch, cycled: the plain case first, then each edge case of SPEC.md.
+# One knob set per batch, cycled: the plain case first, then each edge case of docs/oracle-contract.md#edge-cases.
 SCHEDULE = (
     {"singletons": False, "one_class": False, "ties": False, "duplicates": False, "on_boundary": False, "with_ref": False},
     {"singletons": True, "with_ref": False},

@@ -20,7 +20,7 @@ Launch plan of one forward + backward (issue 3's GPU goal: at most 3 launches at
                       from tiles of H and S next to the GEMM's, so every output tile is
                       independent (no block has to own a whole row of d columns).
 
-Launches per path (counted in tests/test_kernels_cuda.py at the simulator's kernel call): MS on the
+Launches per path (counted in tests/kernels/test_kernels_cuda.py at the simulator's kernel call): MS on the
 batch or with a reference set, binomial deviance: 3; contrastive: 4 (its batch-wide rescaling,
 ``scale_rows``, needs every row's totals first); lifted_structure: 4 (two row passes, measured
 once, not asserted); a device input in another dtype: +1 (``cast``);

@@ -30,7 +30,7 @@ ill-conditioned: an error dS in S changes it by the relative amount dS / (2 (1 -
 "monotone" branch of insightface and pytorch-metric-learning ``ArcFaceLoss``,
 ``losses/arcface_loss.py``) keeps psi decreasing in theta, so positives keep G <= 0; it makes psi
 jump at theta = pi - margin (cos(pi) = -1 vs -cos(m) - m sin(m)). Without it (the bare formula),
-positives with theta > pi - margin get G > 0 (tests/test_losses_proxy_ranking.py shows it).
+positives with theta > pi - margin get G > 0 (tests/losses/test_arcface.py shows it).
 
 Defaults: paper scale 64, margin 0.5 rad; pytorch-metric-learning scale 64, margin 28.6 degrees
 (0.49916 rad). Uses self similarity and negative-relative similarity.
@@ -105,4 +105,5 @@ ENTRY = LossEntry(
     limits="sample-to-proxy: ref IS the class weights (ref_labels = their classes) and is required; "
     "raises where a positive pair has S = 1 exactly (infinite gradient at theta = 0); psi jumps at theta = pi - margin",
     family="proxy",
+    counterparts={"pytorch-metric-learning": "ArcFaceLoss"},
 )

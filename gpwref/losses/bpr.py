@@ -15,7 +15,7 @@ GPW weights::
 
     G_ui = -(1/Z) sum_{j in N_u} sigmoid(S_uj - S_ui),    G_uj = +(1/Z) sum_{i in P_u} sigmoid(S_uj - S_ui)
 
-i.e. RankNet with sigma = 1 (catalog.md 2.21): positive-relative similarity only; fits the GPW frame.
+i.e. RankNet with sigma = 1 (docs/losses.md#bpr): positive-relative similarity only; fits the GPW frame.
 
 Assumptions, said plainly:
 * the regulariser lambda ||Theta||^2 acts on the model parameters (weight decay), not on pair
@@ -51,4 +51,5 @@ ENTRY = LossEntry(
     variants=({}, {"reduction": "mean"}),
     limits="the L2 regulariser of BPR-Opt acts on model parameters and is not part of the pair loss",
     family="ranking",
+    counterparts={"pytorch-metric-learning": "TripletMarginLoss(smooth_loss=True)"},
 )

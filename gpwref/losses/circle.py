@@ -136,4 +136,5 @@ ENTRY = LossEntry(
     limits="G is the published gradient with the factors a_ij detached (not the derivative of the value; "
     "detach_factors=False gives that, and it breaks the GPW sign rule); TinyZeaMays' batch-pooled single "
     "term is not modelled",
+    counterparts={"pytorch-metric-learning": "CircleLoss", "fast-reid": "pairwise_circleloss (fastreid/modeling/losses/circle_loss.py)"},
 )

@@ -169,4 +169,5 @@ ENTRY = LossEntry(
     ),
     limits="Hadsell's squared terms are not modelled (unsquared hinges only, as PML and the MS paper); "
     "euclidean distances are computed from S, so pairs with 2 - 2S <= 1e-12 count as duplicates (d = 0)",
+    counterparts={"pytorch-metric-learning": "ContrastiveLoss"},
 )

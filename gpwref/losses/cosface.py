@@ -43,4 +43,5 @@ ENTRY = LossEntry(
     supports_ref=True,
     limits="sample-to-proxy: ref IS the class weights (ref_labels = their classes) and is required",
     family="proxy",
+    counterparts={"pytorch-metric-learning": "CosFaceLoss"},
 )

@@ -8,7 +8,7 @@ p(s_ij = 1) = sigmoid(Theta_ij). Framed on S = U U_ref^T (Theta = S/2)::
 
 ``reduction``: ``"sum"`` (paper profile: the paper's L is a sum over all labelled pairs, Z = 1) or
 ``"mean"`` (Z = number of pairs, which is the released code's num_train x batch divisor when the
-reference set is the whole memory bank and excludes the batch, catalog.md 2.22).
+reference set is the whole memory bank and excludes the batch, docs/losses.md#dpsh).
 
 GPW weights (d/dS of softplus(S/2) = sigmoid(S/2) / 2)::
 
@@ -25,7 +25,7 @@ Natural use and assumptions:
   not on pair similarities, so it is not part of this pair loss.
 * Labels are single classes here: s_ij = 1 iff y_i == y_j (the released code uses multi-hot label
   vectors and "share any class").
-* The self pair is never a pair (SPEC.md). The released code keeps it: its memory bank is refreshed
+* The self pair is never a pair (docs/conventions.md#notation). The released code keeps it: its memory bank is refreshed
   with the batch before Theta = batch x bank is formed, so each sample meets its own (detached) copy
   with s_ii = 1; gpwref models that only as "not applicable" (see verification/refs/dpsh.py).
 Stable for any finite S: softplus is logaddexp(0, S/2), sigmoid is expit.
@@ -68,4 +68,5 @@ ENTRY = LossEntry(
     variants=({}, {"reduction": "mean"}),
     limits="raw codes (normalize=False) are the paper's setting; the quantisation term is not a pair term",
     family="pair",
+    counterparts={"DPSH-pytorch (official)": "DPSH_CIFAR_10.py training loss"},
 )

@@ -10,7 +10,7 @@ z_l = l Delta, Delta = 4/B, l = 0..B::
     FastAP_i = (1/|P_i|) sum_l h+_il H+_il / H_il          (a term with H_il = 0 is 0)
     L = (1/N') sum_{i: P_i nonempty} (1 - FastAP_i)        (N' such anchors; L = 0 if N' = 0)
 
-GPW weights (catalog.md 2.15, derived and checked here numerically)::
+GPW weights (docs/losses.md#fast_ap, derived and checked here numerically)::
 
     dFastAP_i/dh+_im = [ (H+_im H_im + h+_im H-_im) / H_im^2 + sum_{l > m} h+_il H-_il / H_il^2 ] / |P_i|
     dFastAP_i/dh-_im = -[ sum_{l >= m} h+_il H+_il / H_il^2 ] / |P_i|
@@ -32,7 +32,7 @@ under ``"left"`` the slopes are K_{l-1}' = -1/Delta, K_l' = +1/Delta, K_{l+1}' =
 derivative of L from above in S_ij. The derivative from below differs from it by (2/N')(1/Delta)
 times the second difference of the pair's bin weights across l-1, l, l+1, which can be arbitrarily
 small but is not 0 in general: L has a kink there, and a central difference across it returns
-the mean of the two slopes, which neither rule is (tests/test_losses_proxy_ranking.py derives a case
+the mean of the two slopes, which neither rule is (tests/losses/test_fast_ap.py derives a case
 whose jump is 3e-5 of max|G|). PML's autograd gives the ``"zero"`` value and the official backward
 the ``"left"`` one wherever their own arithmetic (cdist**2, torch.linspace centres) puts the distance
 exactly on the centre (d = 1 with B = 4 in that test file); elsewhere their side of the kink is
@@ -51,11 +51,11 @@ of that form (see value_and_grad): the same numbers as the formula above, withou
 cancellation, and exact at kinks next to an empty bin.
 
 The official code's hand-written backward also omits the 1/N' of the mean and the factor 2 of
-d(d2)/dX, so its gradient is (N'/2) times the gradient of its own forward value (catalog.md section
-3, item 13); ``extras["official_backward_scale"]`` = N'/2 is that factor (grad_sim stays the true
+d(d2)/dX, so its gradient is (N'/2) times the gradient of its own forward value
+(docs/losses.md#fast_ap); ``extras["official_backward_scale"]`` = N'/2 is that factor (grad_sim stays the true
 gradient). The weights use self similarity and, through the histograms, the relative order of all
 of the anchor's pairs (negative- and positive-relative similarity). The sign of a weight is not
-fixed (gpw_sign is False): tests/test_losses_proxy_ranking.py shows a weight of the wrong sign.
+fixed (gpw_sign is False): tests/losses/test_fast_ap.py shows a weight of the wrong sign.
 """
 
 from __future__ import annotations
@@ -166,4 +166,5 @@ ENTRY = LossEntry(
     limits="histogram kernels are piecewise linear: kinks at bin centres and feet follow kink_slope; "
     "extras['official_backward_scale'] = N'/2 is the official backward's extra factor",
     family="ranking",
+    counterparts={"pytorch-metric-learning": "FastAPLoss", "FastAP-metric-learning (official)": "FastAPLoss (pytorch/FastAP_loss.py)"},
 )

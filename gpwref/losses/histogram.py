@@ -8,7 +8,7 @@ bin [t_r, t_{r+1}) puts weight (t_{r+1} - s)/Delta on node r and (s - t_r)/Delta
     Phi+_r = sum_{q <= r} h+_q                           (inclusive cumulative sum)
     L = sum_r h-_r Phi+_r                                 (probability that a negative beats a positive)
 
-GPW weights (piecewise constant in s; catalog.md 2.6)::
+GPW weights (piecewise constant in s; docs/losses.md#histogram)::
 
     dL/ds = +h+_{r+1} / (Delta |N|)     negative pair in bin r
     dL/ds = -h-_r     / (Delta |P|)     positive pair in bin r
@@ -180,4 +180,5 @@ ENTRY = LossEntry(
     limits="G is piecewise constant and jumps at the nodes (a pair on a node takes the bin starting there); "
     "under node_precision='float32' (PML) L itself jumps by ~1e-6 relative at the nodes; pair similarities "
     "must lie in [-1, 1] (cosines); s = 1 lies in the last bin (PML crashes there)",
+    counterparts={"pytorch-metric-learning": "HistogramLoss"},
 )

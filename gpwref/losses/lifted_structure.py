@@ -203,4 +203,5 @@ ENTRY = LossEntry(
     "does not have (the generalized form shares the entry); song weights use self (D_ap) and negative-relative "
     "similarity, generalized only negative-relative; euclidean distances come from S, so pairs with "
     "2 - 2S <= 1e-12 are duplicates (D = 0, zero weight)",
+    counterparts={"pytorch-metric-learning": "LiftedStructureLoss + GeneralizedLiftedStructureLoss"},
 )

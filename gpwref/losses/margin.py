@@ -9,7 +9,7 @@ the anchor's class deciding)::
 ``pairing``: "pairs" (the paper's pair loss: every ordered positive and negative pair once);
 "triplets" (PML ``MarginLoss(triplets_per_anchor="all")``: one positive and one negative term per
 triplet (i, p, n), so a positive term counts |N_i| times and a negative term |P_i| times, and an
-anchor without positives or without negatives has no term; catalog.md section 3 item 11). With Z the
+anchor without positives or without negatives has no term; docs/losses.md#margin). With Z the
 number of terms > 0 (counted per triplet under "triplets")::
 
     L = (1/Z) sum of the terms  (0 when Z = 0)  +  nu * beta
@@ -19,7 +19,7 @@ The regulariser nu * beta is the paper's and PML's (PML adds it when ``learn_bet
 per-class betas PML adds nu * sum over triplets of beta_{y_i} / Z, which is what "triplets" does here;
 "pairs" with per-class betas and nu > 0 is not defined by any source and is refused).
 The paper's distance-weighted sampling (and the official codes' one sampled triplet per anchor,
-catalog.md 2.9) is a random miner, not part of the loss: it is not modelled.
+docs/losses.md#margin) is a random miner, not part of the loss: it is not modelled.
 
 GPW weights, with k_ij the term's multiplicity (1, or |N_i| / |P_i| under "triplets") and
 dD/dS = -1/D::
@@ -158,4 +158,5 @@ ENTRY = LossEntry(
     variants=({}, {"nu": 0.1}, {"pairing": "triplets", "nu": 0.05}, {"pairing": "pairs", "dist_eps": 1e-8}),
     limits="extras['grad_beta'] = dL/dbeta (global or per class); the paper's distance-weighted sampling and the "
     "official codes' one sampled triplet per anchor are random miners and are not modelled",
+    counterparts={"pytorch-metric-learning": "MarginLoss"},
 )

@@ -91,4 +91,5 @@ ENTRY = LossEntry(
     similarities=("self", "negative-relative", "positive-relative"),
     variants=({}, {"eps": None}),
     boundary_param="eps",
+    counterparts={"pytorch-metric-learning": "MultiSimilarityLoss", "research-ms-loss (official)": "MultiSimilarityLoss (ret_benchmark/losses/multi_similarity_loss.py)"},
 )

@@ -87,4 +87,5 @@ ENTRY = LossEntry(
     variants=({}, {"objective": "log"}, {"softmax_scale": 16.0}),
     limits="PML drops an anchor whose q_i underflows to 0 (softmax_scale above ~186); gpwref keeps it "
     "(log q_i by log-sum-exp)",
+    counterparts={"pytorch-metric-learning": "NCALoss"},
 )

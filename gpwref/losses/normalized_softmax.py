@@ -92,4 +92,5 @@ ENTRY = LossEntry(
     supports_ref=True,
     limits="sample-to-proxy: ref IS the class weights/proxies (ref_labels = their classes) and is required",
     family="proxy",
+    counterparts={"pytorch-metric-learning": "NormalizedSoftmaxLoss"},
 )

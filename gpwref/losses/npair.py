@@ -90,4 +90,5 @@ ENTRY = LossEntry(
     limits="batch only: one (anchor, positive) pair per class is chosen inside the batch and each chosen "
     "positive is every other anchor's negative; Sohn's L2 regulariser acts on raw embedding norms, not on S, "
     "and is left to the caller",
+    counterparts={"pytorch-metric-learning": "NPairsLoss"},
 )

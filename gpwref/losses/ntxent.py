@@ -8,7 +8,7 @@ One term per ordered positive pair (i, p), temperature ``tau``, averaged over th
 * "all": every item but the anchor itself, A_i = P_i u N_i (SimCLR's sum over k != i; with more
   than two views of a class the anchor's other positives are in the denominator);
 * "positive_and_negatives": {p} u N_i, the pair's own positive and the anchor's negatives only
-  (PML ``losses/ntxent_loss.py:26-28``; catalog.md section 3 item 16). Then
+  (PML ``losses/ntxent_loss.py:26-28``; docs/losses.md#ntxent). Then
   l_ip = softplus(log sum_{N_i} exp(S_in/tau) - S_ip/tau), 0 when N_i is empty.
 No positive pair at all gives L = 0.
 
@@ -98,4 +98,5 @@ ENTRY = LossEntry(
     variants=({}, {"denominator": "positive_and_negatives"}, {"denominator": "all"}),
     limits="denominator='all' is not GPW-signed when an anchor has several positives; PML's + finfo.tiny "
     "inside the log is not modelled (it matters only for softmax shares below 2.2e-308)",
+    counterparts={"pytorch-metric-learning": "NTXentLoss"},
 )

@@ -21,7 +21,7 @@ Kink rule: a triple exactly on the hinge (S_in - S_ip + margin == 0) has weight 
 order, as PML does. Fits the GPW frame; weights use positive-relative similarity only (a pair counts
 by how it compares with the pairs of the other kind); it is the similarity-form triplet loss with
 every triplet, which is what pytorch-metric-learning's ``TripletMarginLoss`` with a similarity
-distance computes (catalog.md 2.2, 2.21).
+distance computes (docs/losses.md#pairwise_hinge).
 """
 
 from __future__ import annotations
@@ -57,4 +57,5 @@ ENTRY = LossEntry(
     variants=({}, {"margin": 0.1}, {"margin": 0.1, "reduction": "mean_nonzero"}),
     boundary_param="margin",
     family="ranking",
+    counterparts={"pytorch-metric-learning": "TripletMarginLoss"},
 )

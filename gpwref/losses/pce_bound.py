@@ -3,7 +3,7 @@ r"""The pairwise loss that cross-entropy bounds (Boudiaf et al., ECCV 2020), "PC
 Boudiaf, Rony, Ziko, Granger, Pedersoli, Piantanida, Ben Ayed, "A unifying mutual information view
 of metric learning: cross-entropy vs. pairwise losses" (arXiv 2003.08983) relate the cross-entropy of
 a linear classifier to a pairwise loss with a "tightness" part (pull same-class features together)
-and a "contrastive" part (a softmax over classes). gpwref implements it in the form catalog.md 2.18
+and a "contrastive" part (a softmax over classes). gpwref implements it in the form docs/losses.md#pce_bound
 records (tagged [P] there: recalled, not re-read in the PDF), for n = m samples, classes k present in
 the batch and lam > 0::
 
@@ -34,18 +34,18 @@ sum_i sum_{j : y_j = y_i} S_ij = n^2 sum_k ||c_k||^2 gives the equivalent form::
 (n_k = class size): two non-negative terms, so L_PCE >= 0, and exactly 0 on a one-class batch
 (where the textbook form cancels O(1) terms). gpwref evaluates this form; ``per_anchor[i]`` =
 (1/n_{y_i} - 1/n) ||c_{y_i}||^2 / (2 lam) + (1/n) log(1 + ...), the class term split evenly over
-the class's anchors. tests/test_losses_neighbours.py checks it against the textbook form.
+the class's anchors. tests/losses/test_pce_bound.py checks it against the textbook form.
 
 Self terms. The self-similarity z_i . z_i enters only through the constant-in-S self terms: gpwref
 takes it as 1, i.e. unit rows (``normalize=True``), so the self pair carries no weight (on unit rows
-its gradient is radial and vanishes anyway, SPEC.md). A similarity matrix whose diagonal is not 1
+its gradient is radial and vanishes anyway, docs/conventions.md#notation). A similarity matrix whose diagonal is not 1
 (within 1e-5) is refused: on raw features the self terms would need ||z_i||^2, which S of unit rows
 does not hold. The batch is its own reference set (``supports_ref=False``): L_PCE is a function of
 the whole labelled sample, and c_k would be undefined against a memory bank.
 
 What could not be confirmed (the paper was not available here): (1) the exact constants, i.e.
 whether ||c_k||^2 / (2 lam) (hard class means) or a soft-mean term sits inside the exponent;
-(2) the bound itself. Numerically (tests/test_losses_neighbours.py), for the form above none of
+(2) the bound itself. Numerically (tests/losses/test_pce_bound.py), for the form above none of
 "CE(theta) >= L_PCE for every classifier theta", "min_theta CE(theta) + lam/2 ||theta||^2 >= L_PCE"
 or "CE(c/lam) >= L_PCE" holds on all batches, so gpwref checks the loss and its weights, not the
 bound. Classes absent from the batch are left out of the softmax (a classifier over K > k classes
@@ -112,6 +112,6 @@ ENTRY = LossEntry(
     gpw_sign=False,
     supports_ref=False,
     variants=({}, {"lam": 0.1}),
-    limits="unit rows only (self terms z_i.z_i taken as 1); the batch is its own reference set; constants as recorded in catalog.md 2.18 [P], bound not confirmed",
+    limits="unit rows only (self terms z_i.z_i taken as 1); the batch is its own reference set; constants as recorded in docs/losses.md#pce_bound, bound not confirmed",
     family="pair",
 )

@@ -113,4 +113,5 @@ ENTRY = LossEntry(
     variants=({}, {"width": 3}, {"width": 2, "kernel_size": 3, "dilation": 2}, {"affinity": "probability", "width": 3}),
     limits="rows are the pixels of one image (row-major, `width` per row); labels are colour-region ids; pulls only; BoxSnake's default |m_i - m_j| term is not a function of S",
     family="other",
+    counterparts={"BoxSnake (official)": "loss_local_pairwise_box_inst"},
 )

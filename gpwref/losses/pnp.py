@@ -23,7 +23,7 @@ F' = 1, 1/(1 + R), 1 + log(1 + R), R/(1 + b R), alpha (1 + R)^(-alpha - 1); so t
 Uses self similarity and negative-relative / positive-relative similarity (the ranks). Ties: no
 tie-break, a negative tied with a positive counts sigmoid(0) = 1/2 (slope 1/(4 anneal)).
 
-Conventions (catalog.md 2.16), each a knob: pytorch-metric-learning ``PNPLoss``
+Conventions (docs/losses.md#pnp), each a knob: pytorch-metric-learning ``PNPLoss``
 (``losses/pnp_loss.py``: b=2, alpha=1, anneal=0.01, variant "O") sets the diagonal of its positive
 mask for the anchors of its positive pairs, so a query that has a positive is also one of its own
 positives (``include_query``: gpwref adds it with score 1, held constant as for Smooth-AP; a query
@@ -120,4 +120,5 @@ ENTRY = LossEntry(
     variants=({}, {"variant": "Ds"}, {"variant": "Dq"}, {"variant": "Iu"}, {"variant": "Ib"}),
     limits="include_query holds the query's own score at 1 (unit rows)",
     family="ranking",
+    counterparts={"pytorch-metric-learning": "PNPLoss"},
 )

@@ -80,4 +80,5 @@ ENTRY = LossEntry(
     supports_ref=True,
     limits="sample-to-proxy: ref IS the proxies (ref_labels = their classes) and is required; per_anchor is per proxy",
     family="proxy",
+    counterparts={"pytorch-metric-learning": "ProxyAnchorLoss"},
 )

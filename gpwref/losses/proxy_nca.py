@@ -22,7 +22,7 @@ GPW weights (q = softmax over P_i, w = softmax over N_i, r_i = sum_{N_i} e^z / s
 
 (dz/dS = 2 scale). Uses self similarity and negative-relative similarity.
 
-Conventions (catalog.md section 3, item 18), each a knob: pytorch-metric-learning ``ProxyNCALoss``
+Conventions (docs/losses.md#proxy_nca), each a knob: pytorch-metric-learning ``ProxyNCALoss``
 (``losses/proxy_losses.py`` via ``losses/nca_loss.py`` nca_computation) takes the softmax over ALL
 proxies, positive included, with ``softmax_scale=1`` on squared distances of normalised rows, and
 drops anchors whose positive mass is exactly 0 before its mean; RDML (``criteria/proxynca.py``)
@@ -58,4 +58,5 @@ ENTRY = LossEntry(
     variants=({}, {"scale": 9.0}, {"include_positive": True}),
     limits="sample-to-proxy: ref IS the proxies (ref_labels = their classes) and is required",
     family="proxy",
+    counterparts={"pytorch-metric-learning": "ProxyNCALoss", "RDML": "proxynca.Criterion (criteria/proxynca.py)"},
 )

@@ -12,7 +12,7 @@ with weights w_ij = exp(Tp (D_ij - (alpha - margin))) on P*, exp(Tn (alpha - D_i
     L     = (1/m) sum_i [ (1 - imbalance) L_P,i + imbalance L_N,i ]
 
 (n = the number of columns of S, eps = ``denominator_eps``: PML adds 1e-5 to EVERY entry of the row,
-``losses/ranked_list_loss.py:73-79``, catalog.md section 3 item 20; an empty set gives 0). The paper
+``losses/ranked_list_loss.py:73-79``, docs/losses.md#ranked_list; an empty set gives 0). The paper
 writes L_P + lambda L_N with L_P the plain mean over P* (Tp = 0): that is this form with
 imbalance = lambda / (1 + lambda), times 1 + lambda [P: not re-checked against the PDF].
 
@@ -125,4 +125,5 @@ ENTRY = LossEntry(
     limits="not GPW-signed for Tn > 0 (or Tp > 0): the live softmax weights give the least violating "
     "negatives a negative weight; PML has no margin/Tn defaults (the RLL paper's 0.4 and 10 are used) "
     "and no reference set",
+    counterparts={"pytorch-metric-learning": "RankedListLoss"},
 )

@@ -27,7 +27,7 @@ instances, reference set = label proxies, ``ref=``), agent/sample prioritisation
 
 Real implementation: pytorch-metric-learning ``TripletMarginLoss(margin=0, smooth_loss=True)``
 computes softplus(S_an - S_ap) over all triplets; with a ``DotProductSimilarity`` on sqrt(sigma)-scaled
-unit rows it is this loss for any sigma (catalog.md 2.21). ``TripletMarginLoss`` is not a
+unit rows it is this loss for any sigma (docs/losses.md#ranknet). ``TripletMarginLoss`` is not a
 ``GenericPairLoss``: the pml profile's ``zero_if_at_most_one_pair`` does not apply to it (nor here).
 
 Stable for any finite S and sigma: softplus is evaluated as logaddexp(0, z), sigmoid as expit.
@@ -105,4 +105,5 @@ ENTRY = LossEntry(
     similarities=("positive-relative",),
     variants=({}, {"sigma": 5.0}, {"reduction": "sum"}),
     family="ranking",
+    counterparts={"pytorch-metric-learning": "TripletMarginLoss(smooth_loss=True)"},
 )

@@ -36,7 +36,7 @@ chains the same way (a virtual query's term is shared a : 1 - a by its two sourc
 the query's own score (``include_query``) is 1, held constant as in Smooth-AP; with SiMix it is
 T_vv for a virtual query (a^2 + (1 - a)^2 + 2 a (1 - a) S_ij, which does move).
 
-Conventions (catalog.md section 3, items 14 and 15), each a knob; the official code
+Conventions (docs/losses.md#recall_at_k), each a knob; the official code
 (yash0307/RecallatK_surrogate ``src/losses.py``, ``src/mixup.py``) is ``include_query=True`` (the
 query sits in every positive's rank sum), ``sigmoid_clamp=50`` (both sigmoids' exponents clamped to
 [-50, 50], slope 0 beyond), ``recall_cap=True`` (R_k capped at k by torch.minimum; gpwref's rule:
@@ -182,4 +182,5 @@ ENTRY = LossEntry(
     limits="simix needs the batch as its own reference set and assumes unit rows (S's diagonal taken as 1); "
     "positive weights can take either sign",
     family="ranking",
+    counterparts={"RecallatK_surrogate (official)": "RecallatK (src/losses.py)"},
 )

@@ -32,20 +32,20 @@ tied or close positives j, p the terms a_P(p) G'_jp and a_P(j) G'_pj nearly canc
 positive's weight is exact only to ~2^-53 times the sum of its terms' sizes, not of itself
 (verification/refs/smooth_ap.py measures against that size).
 
-Conventions (catalog.md section 3, item 14), each a knob:
+Conventions (docs/losses.md#smooth_ap), each a knob:
 
 * ``include_query``: the official code (Smooth_AP ``src/losses.py``, SmoothAP.forward) and
   pytorch-metric-learning 2.9 ``SmoothAPLoss`` (``losses/smooth_ap.py``) rank the query inside its own
   retrieval set and count it as a relevant item. gpwref adds the query to P_i and Omega_i with score
   1, the self-similarity of a unit row, held constant: for unit rows the diagonal's gradient is
-  radial and vanishes through the normalisation (SPEC.md), so G has no diagonal entry and the
+  radial and vanishes through the normalisation (docs/conventions.md#notation), so G has no diagonal entry and the
   diagonal of S is not read. Every query is then alive (N' = m).
 * ``sigmoid_clamp``: the official code clamps the exponent -x/tau to [-c, c] with c = 50 (zero
   slope beyond, as torch.clamp: |x/tau| > c strictly); PML's Smooth-AP uses torch's plain sigmoid.
 
 Both codes take no labels: they assume a class-sorted batch of equal class groups (PML 2.9 reshapes
 the batch into B/C groups of C consecutive items, C the number of classes, which is the class
-structure only when every class has exactly C samples; see tests/test_losses_proxy_ranking.py).
+structure only when every class has exactly C samples; see tests/losses/test_smooth_ap.py).
 """
 
 from __future__ import annotations
@@ -138,4 +138,5 @@ ENTRY = LossEntry(
     variants=({}, {"include_query": True, "sigmoid_clamp": 50.0}),
     limits="positive weights can take either sign; include_query holds the query's own score at 1 (unit rows)",
     family="ranking",
+    counterparts={"pytorch-metric-learning": "SmoothAPLoss", "Smooth_AP (official)": "SmoothAP (src/losses.py)"},
 )

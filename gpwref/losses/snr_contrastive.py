@@ -169,4 +169,5 @@ ENTRY = LossEntry(
     "runs it from the embeddings, from_similarity refuses it; grad_sim holds the means fixed; only PML's "
     "contrastive form (no zero-mean regulariser, no triplet form)",
     family="other",
+    counterparts={"pytorch-metric-learning": "SignalToNoiseRatioContrastiveLoss"},
 )

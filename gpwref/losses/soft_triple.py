@@ -19,10 +19,10 @@ softmax) and c = class(j)::
 (d S'_ic / d S_ij = a_ij + sum_k S_ik a_ik ([k = j] - a_ij) / gamma). The GPW sign rule holds for
 the class similarities S' (g <= 0 on the own class, >= 0 on the others) but NOT for every center:
 a center more than gamma below its class's soft maximum (S_ij < S'_ic - gamma) gets the opposite
-sign, so ``gpw_sign`` is False for this entry (tests/test_losses_proxy_ranking.py shows it). Uses self
+sign, so ``gpw_sign`` is False for this entry (tests/losses/test_soft_triple.py shows it). Uses self
 similarity and negative-relative similarity (both softmaxes).
 
-Conventions (catalog.md section 3, item 19): the paper and pytorch-metric-learning
+Conventions (docs/losses.md#soft_triple): the paper and pytorch-metric-learning
 ``SoftTripleLoss`` (``losses/soft_triple_loss.py``: la=20, gamma stored as 1/0.1, margin 0.01,
 10 centers per class, softmax over each class's centers) are ``center_softmax="centers"``. RDML
 (``criteria/softtriplet.py``) takes that softmax over dim=1 of its (batch, classes, centers) tensor,
@@ -142,4 +142,5 @@ ENTRY = LossEntry(
     limits="sample-to-proxy: ref IS the centers (ref_labels = their classes) and is required; a center far below its "
     "class's soft maximum gets a weight of the opposite sign; center_softmax='classes' needs equal centers per class",
     family="proxy",
+    counterparts={"pytorch-metric-learning": "SoftTripleLoss"},
 )

@@ -123,4 +123,5 @@ ENTRY = LossEntry(
     ),
     limits="not GPW-signed: a positive whose softmax share exceeds 1/|P_i| gets a positive weight; "
     "log_eps > 0 (official code) makes G the gradient with the row maximum detached",
+    counterparts={"pytorch-metric-learning": "SupConLoss", "SupContrast (official)": "SupConLoss (losses.py)"},
 )

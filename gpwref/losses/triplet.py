@@ -192,4 +192,5 @@ ENTRY = LossEntry(
     "all/semi_hard loop over anchors on (positives x negatives) blocks of at most 4M entries: memory O(m n), "
     "time O(sum_i |P_i| |N_i|)",
     boundary_param="margin",
+    counterparts={"pytorch-metric-learning": "TripletMarginLoss"},
 )

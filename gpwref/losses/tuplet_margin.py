@@ -21,7 +21,7 @@ The loss pulls a positive pair towards the angle beta, not towards 0: when theta
 (S_ap > cos(beta), 0.995 for 5.73 degrees) the positive weight is POSITIVE (the pair is pushed apart),
 so the loss obeys GPW's sign rule only for positives with theta_ap >= beta.
 
-Edge rule (catalog.md section 3 item 21): arccos has an infinite slope at S = +-1 and is undefined
+Edge rule (docs/losses.md#tuplet_margin): arccos has an infinite slope at S = +-1 and is undefined
 beyond (PML applies torch.acos without clamping and returns inf/NaN there). A positive pair with
 2 - 2|S_ap| <= 1e-12 (the library's duplicate threshold, see gpwref/losses/contrastive.py; this
 includes every |S_ap| >= 1, from rounding or from ``normalize=False``) takes theta_ap = 0 (or pi) and carries no gradient.
@@ -98,4 +98,5 @@ ENTRY = LossEntry(
     limits="not GPW-signed: a positive pair closer than the margin angle (S > cos(margin)) gets a positive "
     "weight; positive pairs with |S| within 5e-13 of 1 (or beyond) take theta = 0 or pi with no gradient "
     "(arccos's slope is infinite there; PML returns inf/NaN)",
+    counterparts={"pytorch-metric-learning": "TupletMarginLoss"},
 )

@@ -8,7 +8,7 @@
   AssertionError) whose message is a report;
 * ``explain_mismatch(candidate, loss, batch, ...)``: that report as data (``MismatchReport``);
 * ``batches(...)`` (hypothesis strategy) and ``make_batch(rng, ...)`` (NumPy generator): batches
-  with every edge case of SPEC.md as a named knob; ``Batch`` is the record they return;
+  with every edge case of docs/oracle-contract.md#edge-cases as a named knob; ``Batch`` is the record they return;
 * ``TOLERANCES`` / ``tolerance_for(dtype, ...)``: the default tolerances per dtype, with reasons;
 * ``profile_table(loss)``: the rules and defaults on which the profiles of a loss differ.
 

@@ -52,7 +52,7 @@ A kernel result differs from the reference for two reasons only, and each gets i
    ``8 u64 c (max|S| + |lam| + 1)`` for the pair of evaluations. The kernels evaluate logits,
    exponentials and sums in float64 even for float32 data, so these terms use float64's u.
 
-"Well-conditioned" inputs (SPEC.md's relative 1e-5 for float32) are those with ``2 c dS`` below
+"Well-conditioned" inputs (docs/tolerances.md#what-well-conditioned-means: relative 1e-5 for float32) are those with ``2 c dS`` below
 about 1e-5 (and, for euclidean forms, no pair closer than about 0.1): unit-norm rows with d up to
 512 and beta up to 50 give dS ~ 5e-7 and a measured normwise MS weight error ~ 2e-7 (elementwise up
 to ~1e-5). Large beta, large unnormalised embeddings (``normalize=False``), near-duplicates or

@@ -1,4 +1,4 @@
-"""Batches for testing pair losses, with every edge case of SPEC.md as a named knob.
+"""Batches for testing pair losses, with every edge case of docs/oracle-contract.md#edge-cases as a named knob.
 
 ``make_batch(rng, ...)`` draws one batch from a NumPy generator (no hypothesis needed: ``gpwref
 verify`` and ``assert_loss_matches`` without hypothesis use it); ``batches(...)`` is the hypothesis

@@ -80,7 +80,7 @@ def test_numba_float64_matches_reference(loss, profile, variant, batch):
 
 def _lipschitz_weights(loss, hyper):
     """False for euclidean contrastive and lifted: their weight 1/d magnifies S's last-bit differences
-    by 1/d^2 near duplicates (the policy's conditioning bound covers it; tests/test_kernels_lifted.py
+    by 1/d^2 near duplicates (the policy's conditioning bound covers it; tests/kernels/test_kernels_lifted.py
     checks the lifted kernels to 1e-12 on the reference's own S)."""
     if loss == "lifted_structure":
         from gpwref.losses.lifted_structure import for_form
@@ -136,7 +136,7 @@ def _clustered(m, d, k, sigma, seed):
 
 @pytest.mark.parametrize("profile", ["paper", "official", "pml"])
 def test_numba_float32_well_conditioned_1e5(profile):
-    """SPEC.md: float32 kernels within relative 1e-5 of the float64 reference on values and weights
+    """docs/tolerances.md#float32-kernels: float32 kernels within relative 1e-5 of the float64 reference on values and weights
     for well-conditioned inputs (unit rows, d = 128, beta <= 50), with the same mined pairs."""
     X, y = _clustered(256, 128, 4, 2.0, seed=3)
     eps = {} if profile != "pml" else {"eps": 0.1}

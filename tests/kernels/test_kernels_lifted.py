@@ -67,7 +67,7 @@ def test_kernels_equal_reference_on_the_same_similarities(profile, form, batch):
 @pytest.mark.parametrize("profile", PROFILES)
 @pytest.mark.parametrize("form", FORMS)
 def test_kernels_equal_reference_on_every_edge_case(profile, form):
-    """Each SPEC.md edge case once, deterministically (hypothesis draws them only sometimes)."""
+    """Each edge case of docs/oracle-contract.md#edge-cases once, deterministically (hypothesis draws them only sometimes)."""
     for seed, knob in enumerate(KNOBS):
         batch = make_batch(np.random.default_rng(200 + seed), **knob)
         X = batch.embeddings / np.linalg.norm(batch.embeddings, axis=1, keepdims=True) if batch.normalize else batch.embeddings
@@ -181,7 +181,7 @@ def test_bitwise_deterministic_threaded(form, dtype):
 @pytest.mark.parametrize("profile", PROFILES)
 @pytest.mark.parametrize("form", FORMS)
 def test_float32_well_conditioned_1e5(profile, form):
-    """SPEC.md: float32 kernels within relative 1e-5 of the float64 reference for well-conditioned
+    """docs/tolerances.md#float32-kernels: float32 kernels within relative 1e-5 of the float64 reference for well-conditioned
     inputs (unit rows, d = 128, no pair closer than D ~ 0.5), with the same used pairs."""
     rng = np.random.default_rng(3)
     centres = rng.normal(size=(64, 128))

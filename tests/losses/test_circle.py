@@ -79,7 +79,7 @@ def test_circle_pml_softplus_threshold_is_modelled():
 
 
 def test_circle_reductions_fast_reid_versus_pml():
-    # catalog.md section 3 item 10: fast-reid averages over all m rows, PML over rows with a loss.
+    # docs/losses.md#circle: fast-reid averages over all m rows, PML over rows with a loss.
     # HAND_Y has one anchor without positives, so the two differ by the factor 3/2 exactly.
     X = _rows(0, 40, 150)
     paper = gpwref.compute("circle", X, HAND_Y, reduction="mean", softplus_threshold=20.0)

@@ -55,7 +55,7 @@ def test_fast_ap_weights_can_break_the_gpw_sign():
 
 
 def test_fast_ap_official_backward_is_n_alive_over_two_times_the_gradient():
-    # catalog.md section 3 item 13: the official hand-written backward returns (N'/2) dL/dX.
+    # docs/losses.md#fast_ap: the official hand-written backward returns (N'/2) dL/dX.
     from gpwref_verification.refs.fast_ap import _OfficialFastAP
 
     rng = np.random.default_rng(2)

@@ -77,7 +77,7 @@ def test_m3g_refuses_what_is_not_two_matched_views():
 
 
 def test_m3g_check_case_runs_every_check():
-    # The refs module's own check_case on one drawn-like batch: eps large enough for plain Sinkhorn.
+    # The harness's check_case (m3g's driver) on one drawn-like batch: eps large enough for plain Sinkhorn.
     rng = np.random.default_rng(5)
     batch = Batch(rng.normal(size=(5, 3)), np.zeros(5, dtype=np.int64))
     report = check_case("m3g", "paper", {"eps": 0.5}, batch)

@@ -40,7 +40,7 @@ def test_margin_hand_derived_pairs_and_triplets():
 
 
 def test_margin_beta_gradient_and_per_class_against_pml():
-    # catalog.md section 3 item 11: PML enumerates all triplets; per-class betas, learnable, nu > 0.
+    # docs/losses.md#margin: PML enumerates all triplets; per-class betas, learnable, nu > 0.
     rng = np.random.default_rng(5)
     X = rng.normal(size=(8, 4))
     y = np.array([0, 0, 0, 1, 1, 2, 2, 2])
@@ -59,7 +59,7 @@ def test_margin_beta_gradient_and_per_class_against_pml():
 
 
 def test_margin_pml_stores_beta_in_float32():
-    # Discrepancy not in catalog.md: PML keeps beta in a float32 tensor (margin_loss.py:98), so with
+    # Discrepancy (docs/losses.md#margin): PML keeps beta in a float32 tensor (margin_loss.py:98), so with
     # float64 embeddings it computes with 1.2000000476837158, not 1.2.
     rng = np.random.default_rng(0)
     X = rng.normal(size=(10, 3))

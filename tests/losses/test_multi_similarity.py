@@ -11,11 +11,7 @@ from hypothesis import given
 import gpwref
 from gpwref.testing import batches
 
-
-def angles_to_rows(*degrees):
-    rad = np.radians(degrees)
-    return np.stack([np.cos(rad), np.sin(rad)], axis=1)
-
+from ._helpers import C, HAND_X, HAND_Y, angles_to_rows
 
 # Four unit vectors at 0, 60, 90 and 180 degrees, labels [0, 0, 1, 1]. Cosines (row i, column j):
 #   S01 = 1/2, S02 = 0, S03 = -1, S12 = sqrt(3)/2, S13 = -1/2, S23 = 0.
@@ -25,9 +21,7 @@ def angles_to_rows(*degrees):
 #   anchor 1: P = {0: 0.5}, N = {2: 0.866, 3: -0.5}. Negatives > 0.4: {2}. Positives < 0.966: {0}.
 #   anchor 2: P = {3: 0}, N = {0: 0, 1: 0.866}. Negatives > -0.1: {0, 1}. Positives < 0.966: {3}.
 #   anchor 3: P = {2: 0}, N = {0: -1, 1: -0.5}. Negatives > -0.1: none. Positives < -0.4: none.
-HAND_X = angles_to_rows(0, 60, 90, 180)
-HAND_Y = np.array([0, 0, 1, 1])
-C = math.sqrt(3) / 2
+# (HAND_X = angles_to_rows(0, 60, 90, 180), HAND_Y = [0, 0, 1, 1], C = sqrt(3)/2: from _helpers.)
 
 
 def hand_value_and_grad(alpha, beta, lam):

@@ -39,7 +39,7 @@ def test_ntxent_hand_derived_both_denominators():
 
 
 def test_ntxent_pml_denominator_rule_against_pml():
-    # catalog.md section 3 item 16: PML leaves the anchor's other positives out of the denominator.
+    # docs/losses.md#ntxent: PML leaves the anchor's other positives out of the denominator.
     X = _rows(0, 30, 70, 200, 250)
     y = np.array([0, 0, 0, 1, 1])
     X_t = _t(X)

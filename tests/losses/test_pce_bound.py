@@ -72,7 +72,7 @@ def test_pce_bound_is_not_below_cross_entropy_in_the_readings_tried():
     #   L_PCE = 1.25 + log(1 + e^-5).
     # The classifier theta_k = 1.2 e_k: CE = log(1 + e^-1.2), weight decay lam/2 ||theta||^2 = 0.05 * 2 * 1.44.
     # Their sum, 0.407, is below L_PCE: neither CE + lam/2 ||theta||^2 >= L_PCE for every theta nor
-    # CE >= L_PCE holds for this form, so the bound of catalog.md 2.18 is not confirmed.
+    # CE >= L_PCE holds for this form, so the bound of docs/losses.md#pce_bound is not confirmed.
     Z = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
     r = gpwref.compute("pce_bound", Z, np.array([0, 0, 1, 1]), lam=0.1)
     assert r.loss == pytest.approx(1.25 + math.log1p(math.exp(-5)), rel=1e-13)

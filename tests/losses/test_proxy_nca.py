@@ -40,7 +40,7 @@ def test_proxy_nca_hand_derived_and_the_positive_in_the_denominator():
 
 
 def test_proxy_nca_conventions_match_their_codes():
-    # catalog.md section 3 item 18: PML = positive included, scale 1; RDML = positive excluded, 3x
+    # docs/losses.md#proxy_nca: PML = positive included, scale 1; RDML = positive excluded, 3x
     # on both sides (scale 9). Each code agrees with its own rule and not with the other.
     from gpwref_verification.refs import proxy_nca as ref
 

@@ -50,7 +50,7 @@ def test_recall_at_k_simix_is_the_loss_on_explicitly_mixed_embeddings():
 
 
 def test_recall_at_k_official_rules_with_simix():
-    # catalog.md section 3 items 14-15: query in every rank sum, clamped sigmoids, recall capped at k,
+    # docs/losses.md#recall_at_k: query in every rank sum, clamped sigmoids, recall capped at k,
     # SiMix rows inserted after each class group (official order), enlarged batch as the divisor.
     from gpwref_verification.refs import recall_at_k as ref
 

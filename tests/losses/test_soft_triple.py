@@ -41,7 +41,7 @@ def test_soft_triple_hand_derived_and_the_center_sign():
 
 
 def test_soft_triple_rdml_softmax_over_classes():
-    # catalog.md section 3 item 19: RDML's softmax runs over the classes for each center index.
+    # docs/losses.md#soft_triple: RDML's softmax runs over the classes for each center index.
     # Written out with NumPy for a 2-class x 2-center grid (centers in ref order per class).
     S = np.array([[0.5, 0.3, 0.1, 0.4], [0.2, -0.1, 0.6, 0.0]])
     y, yr = np.array([0, 1]), np.array([0, 0, 1, 1])

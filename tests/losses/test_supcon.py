@@ -44,7 +44,7 @@ def test_supcon_positive_weight_can_be_positive():
 
 
 def test_supcon_official_log_eps_matters_and_is_modelled():
-    # catalog.md section 3 item 16. Official code: log(sum exp(logits - rowmax) + 1e-9), the row max
+    # docs/losses.md#supcon. Official code: log(sum exp(logits - rowmax) + 1e-9), the row max
     # including the self logit 1/tau. Three points far apart on the circle (S = -1/2 between each)
     # with labels [0, 0, 1], tau = 0.07: exp((-0.5 - 1)/0.07) ~ 5e-10 is of the size of 1e-9, so
     # the guard changes the loss by O(1) relative; log_eps=1e-9 reproduces the official rules, 0 does not.

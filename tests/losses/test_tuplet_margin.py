@@ -35,7 +35,7 @@ def test_tuplet_margin_sign_flip_and_edge_rule():
     S = np.array([[1, s_close, 0.2], [s_close, 1, 0.1], [0.2, 0.1, 1.0]])
     r = gpwref.from_similarity("tuplet_margin", S, HAND_Y)
     assert r.grad_sim[0, 1] > 0 and r.grad_sim[1, 0] > 0
-    # catalog.md section 3 item 21: at S_ap = 1 (a duplicate) arccos' slope is infinite; PML gives NaN
+    # docs/losses.md#tuplet_margin: at S_ap = 1 (a duplicate) arccos' slope is infinite; PML gives NaN
     # gradients there (torch.acos at 1) while gpwref takes theta = 0 with no weight and stays finite.
     S[0, 1] = S[1, 0] = 1.0
     r = gpwref.from_similarity("tuplet_margin", S, HAND_Y)

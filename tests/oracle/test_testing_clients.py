@@ -40,7 +40,7 @@ def _quiet_pml():
 
 
 def official_ms(X, y, *, alpha=2.0, beta=40.0, lam=0.5, eps=0.1, self_by_value=True, divide_by_batch=True, sign=1.0):
-    """The official MS code's rules (research-ms-loss multi_similarity_loss.py, as catalog.md 2.7 states them).
+    """The official MS code's rules (research-ms-loss multi_similarity_loss.py, as docs/losses.md#multi_similarity states them).
 
     Per anchor i, on cosine similarities of the L2-normalised rows: positives = same label with
     S < 1 - 1e-5 (``self_by_value``; else every same-label row but i itself), negatives = other
@@ -185,7 +185,7 @@ def test_official_against_pml_fails_and_the_report_names_official():
 
 
 def test_pml_histogram_raises_at_similarity_one():
-    # PML puts s = 1 into node n_bins + 1 and its scatter fails (catalog.md 2.6); gpwref defines
+    # PML puts s = 1 into node n_bins + 1 and its scatter fails (docs/losses.md#histogram); gpwref defines
     # the loss there (all the pair's weight on the last node).
     needs("histogram")
     batch = Batch(DUPLICATE_X, DUPLICATE_Y)

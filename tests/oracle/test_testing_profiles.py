@@ -13,7 +13,7 @@ from gpwref.profile_diff import diff, format_diff
 from gpwref.testing import profile_table
 
 # What the official MS code and pytorch-metric-learning do differently for the MS loss
-# (catalog.md section 3, items 1-6 and 22): the value self rule, raising on degenerate anchors,
+# (docs/conventions.md#the-rules): the value self rule, raising on degenerate anchors,
 # skipping an anchor with an empty mined set, PML's at-most-one-pair zero and empty-row log-sum-exp,
 # beta 40 vs 50, and the loss alone (no miner) by default in PML. Both evaluate the mining
 # comparison with the margin on the pair's side, so mining_compare is NOT among the differences.

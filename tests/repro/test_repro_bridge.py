@@ -88,6 +88,6 @@ def test_kernel_path_matches_float64_pairs_and_weights():
     loss = criterion(X, torch.as_tensor(labels))
     loss.backward()
     report = crosscheck(criterion, X.detach(), labels, loss.item(), X.grad.double().numpy(), independent=False)
-    # float32 kernels against float64: relative 1e-5 on values and weights (SPEC.md, kernels)
+    # float32 kernels against float64: relative 1e-5 on values and weights (docs/tolerances.md#float32-kernels)
     assert report["value_rel_err"] < 1e-5 and report["grad_rel_err"] < 1e-5 and report["weights_rel_err"] < 1e-5
     assert report["pairs_differing"] == 0

@@ -1,6 +1,6 @@
 """Second opinions on the binomial deviance loss: torch formulation and plain loop.
 
-Written from the formula (gpwref/losses/binomial_deviance.py docstring, catalog.md 2.4). There is
+Written from the formula (gpwref/losses/binomial_deviance.py docstring, docs/losses.md#binomial_deviance). There is
 no real implementation to compare with under the paper profile: pytorch-metric-learning has no
 binomial deviance loss, and the first MS author's code (DeepMetric-XW, bnu-wangxun/Deep_Metric
 ``losses/Binomial.py``) follows other rules (self by value S < 1, anchors without negatives

@@ -1,6 +1,6 @@
 """Second opinions on BPR: torch triple tensor with log-sigmoid, a plain loop, and PML re-expressing it.
 
-Written from the formula (Rendle et al. 2009; catalog.md 2.21) without calling gpwref's code.
+Written from the formula (Rendle et al. 2009; docs/losses.md#bpr) without calling gpwref's code.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Second opinions on circle loss: torch formulation, plain loop, frozen-factor value, real codes.
 
-Written from the formulas (catalog.md 2.8) without calling gpwref's vectorised code. Circle loss's
+Written from the formulas (docs/losses.md#circle) without calling gpwref's vectorised code. Circle loss's
 published gradient detaches its factors a_ij, so G is checked against finite differences of the
 value with the factors frozen (``frozen_value``; ``REFS.frozen_value``, checked by verification/harness.py).
 """
@@ -135,7 +135,7 @@ def pml(X, labels, R, ref_labels, ref_self, normalize, *, m, gamma, reduction, d
 
 
 def fast_reid(X, labels, R, ref_labels, ref_self, normalize, *, m, gamma, reduction, detach_factors, softplus_threshold):
-    """fast-reid-style ``pairwise_circleloss`` rules, transcribed (catalog.md 2.8, section 3 item 10).
+    """fast-reid-style ``pairwise_circleloss`` rules, transcribed (docs/losses.md#circle).
 
     Rows normalised inside; positives = same label minus the diagonal; non-members get an additive
     -99999999 in their logit (not -inf); softplus = torch's (linear above 20); mean over ALL rows.

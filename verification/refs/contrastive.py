@@ -1,6 +1,6 @@
 """Second opinions on the contrastive loss: torch formulation, plain loop, pytorch-metric-learning.
 
-Written from the formulas (gpwref/losses/contrastive.py docstring, catalog.md 2.1) without calling
+Written from the formulas (gpwref/losses/contrastive.py docstring, docs/losses.md#contrastive) without calling
 gpwref's vectorised code. Only the specification's constant DUPLICATE_SQ_DISTANCE is shared.
 """
 

@@ -1,6 +1,6 @@
 """Second opinions on the DPSH pairwise likelihood: torch formulation, plain loop, the released code's rules.
 
-Written from the formula (Li et al. 2016; catalog.md 2.22) without calling gpwref's code.
+Written from the formula (Li et al. 2016; docs/losses.md#dpsh) without calling gpwref's code.
 """
 
 from __future__ import annotations

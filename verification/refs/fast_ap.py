@@ -1,6 +1,6 @@
 """Second opinions on FastAP: torch formulation, plain loop, PML FastAPLoss, the official code's rules.
 
-Written from the formulas (catalog.md 2.15, section 3 item 13) without calling gpwref's vectorised
+Written from the formulas (docs/losses.md#fast_ap) without calling gpwref's vectorised
 code. The loss is piecewise smooth in each distance, with a kink wherever a distance crosses a point
 of the bin grid t = d B / 4 in Z (a triangle's peak or feet; t = 0 and t = B also start the
 off-grid mass). The slope jump there is G's second difference across three neighbouring bins and
@@ -156,7 +156,7 @@ def _require_same_kink_sides(X, num_bins):
     to either side, where its autograd slope is a one-sided one decided by that round-off. Where every
     pair's branch (sign of d - z_l, sign of the kernel's argument) is the same as on the exact grid
     t = (2 - 2 u.v) B / 4, PML's gradient must equal gpwref's "zero" rule, kinks included (at d = 0,
-    and e.g. at d = 1 with B = 4, where cdist and linspace are exact: tests/test_losses_proxy_ranking.py)."""
+    and e.g. at d = 1 with B = 4, where cdist and linspace are exact: tests/losses/test_fast_ap.py)."""
     with torch.no_grad():
         U = torch.nn.functional.normalize(X.detach(), p=2, dim=1)
         theirs = torch.cdist(U, U) ** 2
@@ -249,7 +249,7 @@ class _OfficialFastAP(torch.autograd.Function):
 
 def official(X, labels, R, ref_labels, ref_self, normalize, *, num_bins, kink_slope, rescale=None):
     """The official FastAP code's rules (kink slope "left"), its backward divided by its documented
-    N'/2 factor (catalog.md section 3 item 13; tests/test_losses_proxy_ranking.py shows the factor)."""
+    N'/2 factor (docs/losses.md#fast_ap; tests/losses/test_fast_ap.py shows the factor)."""
     if kink_slope != "left":
         raise NotApplicable("the official dSoftBinning is the one-sided slope ('left')")
     if R is not None:

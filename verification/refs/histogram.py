@@ -1,6 +1,6 @@
 """Second opinions on the histogram loss: torch formulation, plain loop, PML's HistogramLoss.
 
-Written from the formulas (catalog.md 2.6, the module docstring of gpwref.losses.histogram) without
+Written from the formulas (docs/losses.md#histogram, the module docstring of gpwref.losses.histogram) without
 calling gpwref's code. Shared with it are only the rules: RANGE_SLACK and the two node rules, which
 are re-implemented here (the float32 rule with torch's own float32 arithmetic, as PML runs it).
 """

@@ -1,6 +1,6 @@
 """Second opinions on the lifted structured loss (Song form and generalized form).
 
-Written from the formulas (catalog.md 2.3, the module docstring of gpwref.losses.lifted_structure)
+Written from the formulas (docs/losses.md#lifted_structure, the module docstring of gpwref.losses.lifted_structure)
 without calling gpwref's vectorised code. Shared with it are only the rules: the per-form defaults,
 the duplicate gap (pairs with 2 - 2S <= DUPLICATE_GAP have D = 0 and zero slope) and the profile rules.
 """

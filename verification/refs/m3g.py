@@ -24,7 +24,7 @@ views tied), item ids 0..m-1, and runs:
   max|G| or, when G is below what differences of the value can resolve, to that resolution
   (``_fd_floor``);
 * ``sign`` (G <= 0 on the matching, >= 0 elsewhere) and ``zeros``.
-No real implementation is installed: OTT's MMSinkhorn (JAX) is the code catalog.md 2.23 read.
+No real implementation is installed: OTT's MMSinkhorn (JAX) is the code docs/losses.md#m3g read.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Second opinions on margin loss: torch formulation (explicit triplets), plain loop, real code.
 
-Written from the formulas (catalog.md 2.9, section 3 item 11) without calling gpwref's vectorised
+Written from the formulas (docs/losses.md#margin) without calling gpwref's vectorised
 code. Per-class betas need the anchors' labels (``needs_labels``); dL/dbeta is checked by autograd
 with beta as a leaf (``torch_extras``). Checks run through verification/harness.py's frozen-value
 path (nothing is detached; the regime is the set of active hinges).
@@ -166,7 +166,7 @@ def pml(X, labels, R, ref_labels, ref_self, normalize, *, margin, beta, nu, pair
     yr = None if R is None else torch.as_tensor(ref_labels)
     # PML stores beta as a float32 tensor (margin_loss.py:98), so beta=1.2 becomes 1.2000000477 even
     # for float64 embeddings (a ~4e-8 relative change of the value); we set the float64 value so the
-    # comparison is of the rules, and tests/test_losses_metric.py shows the float32 rounding itself.
+    # comparison is of the rules, and tests/losses/test_margin.py shows the float32 rounding itself.
     if isinstance(beta, Mapping):
         n_classes = int(max(max(beta), int(y.max()))) + 1
         loss_fn = MarginLoss(margin=margin, nu=nu, learn_beta=True, num_classes=n_classes)

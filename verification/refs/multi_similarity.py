@@ -1,6 +1,6 @@
 """Second opinions on the MS loss: torch formulation, plain loop, and the real implementations.
 
-Every function here is written from the formulas (SPEC.md, catalog.md 2.7) without calling gpwref's
+Every function here is written from the formulas (docs/losses.md#multi_similarity) without calling gpwref's
 vectorised code, so that a mistake there shows up as a disagreement here.
 """
 

@@ -1,6 +1,6 @@
 """Second opinions on NCA: torch formulation on squared distances, plain loop, real code.
 
-Written from the formulas (catalog.md 2.19) without calling gpwref's vectorised code. The "log"
+Written from the formulas (docs/losses.md#nca) without calling gpwref's vectorised code. The "log"
 weights p - p/q are a difference of O(2s/M) terms, so checks run through
 verification/harness.py's frozen-value path with those term sizes as floors (nothing is detached).
 """
@@ -112,7 +112,7 @@ def pml(X, labels, R, ref_labels, ref_self, normalize, *, softmax_scale, objecti
     value = NCALoss(softmax_scale=softmax_scale)(X, y, None, R, yr)
     if torch.isnan(value):
         # PML's MeanReducer over an empty set of anchors (no anchor has a positive, m >= 2): NaN,
-        # where gpwref returns 0 (tests/test_losses_metric.py shows it).
+        # where gpwref returns 0 (tests/losses/test_nca.py shows it).
         raise NotApplicable("PML NCALoss returns NaN when no anchor has a positive")
     return value
 

@@ -1,6 +1,6 @@
 """Second opinions on the N-pair loss: torch formulation, plain loop, and PML's NPairsLoss.
 
-Written from the formulas (catalog.md 2.5, the module docstring of gpwref.losses.npair) without calling
+Written from the formulas (docs/losses.md#npair, the module docstring of gpwref.losses.npair) without calling
 gpwref's code. The pair choice is re-derived here by a scan over anchors in index order.
 """
 

@@ -1,6 +1,6 @@
 """Second opinions on NT-Xent / InfoNCE: torch formulation, plain loop, real code.
 
-Written from the formulas (catalog.md 2.10, section 3 item 16) without calling gpwref's vectorised
+Written from the formulas (docs/losses.md#ntxent) without calling gpwref's vectorised
 code. The weights 1 - pi and |P_i| pi - 1 are differences of O(1/(K tau)) terms, so the checks run
 through verification/harness.py's frozen-value path with those term sizes as floors (``scales``);
 nothing is detached here (``frozen_value`` ignores its frozen argument).

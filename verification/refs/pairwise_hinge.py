@@ -1,6 +1,6 @@
 """Second opinions on the pairwise hinge (RankSVM) loss: torch triple tensor, plain loop, PML.
 
-Written from the formula (catalog.md 2.21) without calling gpwref's code.
+Written from the formula (docs/losses.md#pairwise_hinge) without calling gpwref's code.
 """
 
 from __future__ import annotations

@@ -4,9 +4,9 @@
 constant 1 of unit rows). It cancels O(1) terms (its value on a one-class batch is round-off, not
 0), so the harness compares against ``torch_loss``, the same loss in the cancellation-free form
 sum_k (1 - n_k/n) B_k + mean_i log sum_k exp(Delta_ik) (see gpwref/losses/pce_bound.py), and
-tests/test_losses_neighbours.py checks that the two forms agree. The loop evaluates the same
+tests/losses/test_pce_bound.py checks that the two forms agree. The loop evaluates the same
 cancellation-free form and writes the weights from their closed form.
-No real implementation exists: the authors' repository trains plain cross-entropy (catalog.md 2.18).
+No real implementation exists: the authors' repository trains plain cross-entropy (docs/losses.md#pce_bound).
 """
 
 from __future__ import annotations

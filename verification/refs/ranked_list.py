@@ -1,6 +1,6 @@
 """Second opinions on the ranked list loss: torch formulation, plain loop, real code.
 
-Written from the formulas (catalog.md 2.14, section 3 item 20) without calling gpwref's vectorised
+Written from the formulas (docs/losses.md#ranked_list) without calling gpwref's vectorised
 code. Checks run through verification/harness.py's frozen-value path: nothing is detached, the regime is the
 membership of P* and N*, and ``fd_skip`` avoids sqrt's singular slope at d = 0.
 """

@@ -1,6 +1,6 @@
 """Second opinions on RankNet: torch formulation over a triple tensor, a plain loop, and PML.
 
-Written from the formula (catalog.md 2.21) without calling gpwref's code.
+Written from the formula (docs/losses.md#ranknet) without calling gpwref's code.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Second opinions on RS@k (+ SiMix): torch formulation, plain loop, the official code's rules.
 
-Written from the formulas (catalog.md 2.17, section 3 items 14-15) without calling gpwref's code.
+Written from the formulas (docs/losses.md#recall_at_k) without calling gpwref's code.
 The loss is checked by verification/harness.py's frozen-value path, because two things of
 this loss are beyond the generic harness:
 

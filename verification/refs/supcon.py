@@ -1,6 +1,6 @@
 """Second opinions on SupCon: torch formulation, plain loop, frozen-maximum value, real codes.
 
-Written from the formulas (catalog.md 2.11, section 3 item 16) without calling gpwref's vectorised
+Written from the formulas (docs/losses.md#supcon) without calling gpwref's vectorised
 code. With ``log_eps > 0`` the official code's detached row maximum makes G the derivative with
 that maximum frozen, so G is checked against finite differences of ``frozen_value``.
 """

@@ -1,6 +1,6 @@
 """Second opinions on the triplet loss: torch formulation, plain loop, pytorch-metric-learning.
 
-Written from the formulas (gpwref/losses/triplet.py docstring, catalog.md 2.2) without calling
+Written from the formulas (gpwref/losses/triplet.py docstring, docs/losses.md#triplet) without calling
 gpwref's vectorised code. The torch formulation builds the (m, n, n) triplet tensor; the loop
 enumerates triplets one by one and adds the closed-form weights (+-1/Z, or +-1/(Z d)).
 """

@@ -1,6 +1,6 @@
 """Second opinions on the tuplet margin loss: torch formulation with acos, plain loop, real code.
 
-Written from the formulas (catalog.md 2.13, section 3 item 21) without calling gpwref's vectorised
+Written from the formulas (docs/losses.md#tuplet_margin) without calling gpwref's vectorised
 code: the torch side takes arccos (as atan2) and torch.cos(theta - beta) where gpwref uses the algebraic
 form S cos(beta) + sqrt(1 - S^2) sin(beta); the loop writes the weight as sin(theta - beta)/sin(theta).
 Checks run through verification/harness.py's frozen-value path (nothing is detached; ``fd_skip`` avoids arccos's
