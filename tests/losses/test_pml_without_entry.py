@@ -60,3 +60,23 @@ def test_vicreg_is_not_a_function_of_the_similarities():
     assert abs(loss(X, ref_emb=X2).item() - loss(X @ Q, ref_emb=X2 @ Q).item()) > 1e-3
     with pytest.raises(ValueError, match="labels"):
         loss(X, torch.arange(8), ref_emb=X2)
+
+
+# Classes of pytorch_metric_learning.losses named "...Loss" that are not losses of their own: a base
+# class that subclasses fill in, and a wrapper that turns another loss into a two-view loss.
+PML_NOT_A_LOSS = {"GenericPairLoss": "base class", "SelfSupervisedLoss": "wrapper around another loss"}
+
+
+def test_every_pml_loss_class_has_a_counterpart_or_a_stated_reason():
+    import inspect
+
+    import gpwref
+    from pytorch_metric_learning import losses
+
+    classes = {name for name, value in vars(losses).items() if inspect.isclass(value) and name.endswith("Loss")}
+    counterparts = {part.strip() for entry in gpwref.CATALOG
+                    for part in entry.counterparts.get("pytorch-metric-learning", "").split("+") if part.strip()}
+    without_entry = {name for name, _ in PML_WITHOUT_ENTRY}
+    assert not counterparts & without_entry
+    assert classes - counterparts - without_entry - set(PML_NOT_A_LOSS) == set()
+    assert counterparts <= classes
