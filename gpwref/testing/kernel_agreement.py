@@ -152,14 +152,19 @@ def _duplicate_band(gap: np.ndarray, float64_cutoff: float, margin: float, dtype
     return (gap > float64_cutoff) & (gap <= cutoff + 2 * margin + 1e-15)
 
 
+def _expm1(x: float) -> float:
+    """exp(x) - 1, inf where it overflows (a bound that large says: no numeric bound)."""
+    return math.expm1(x) if x < 709.0 else math.inf
+
+
 def _conditioning(loss: str, params: dict, want: Result, dS: float, used: np.ndarray) -> tuple[float, float]:
     """(value bound, weight relative bound) from the similarities' difference dS (item 1 above)."""
     m = want.grad_sim.shape[0]
     if loss == "multi_similarity":
-        return 2.0 * dS, math.expm1(2 * logit_scale(loss, params) * dS)
+        return 2.0 * dS, _expm1(2 * logit_scale(loss, params) * dS)
     if loss == "binomial_deviance":
         c = logit_scale(loss, params)
-        return 2.0 * c * dS, math.expm1(c * dS)
+        return 2.0 * c * dS, _expm1(c * dS)
     if loss == "contrastive":
         per_term = dS
         weight = 0.0
@@ -250,7 +255,9 @@ def agreement(got: Result, want: Result, *, loss: str, profile, params: dict, la
     for name, got_g, want_g, scale in _gradient_pairs(got, want, ref, embeddings, normalize):
         err = float(np.max(np.abs(_host(got_g).astype(np.float64) - want_g), initial=0.0))
         result.errors[name] = err
-        result.limits[name] = grad_rel * 2 * scale
+        # entries below the dtype's normal range have no relative accuracy (float32 flushes 1e-301 to 0)
+        relative = grad_rel * 2 * scale if scale > 0 else 0.0  # an exact zero gradient (inf * 0 is no bound)
+        result.limits[name] = relative + (float(tiny) if dtype != np.float64 else 0.0)
     return result
 
 
@@ -362,12 +369,12 @@ def _lifted_conditioning(want: Result, dS: float, profile, params: dict, labels)
     margins = abs(float(_for_form(params["pos_margin"], form))) + abs(float(_for_form(params["neg_margin"], form)))
     rounding = 8 * U64 * (2.0 + margins)  # exp of float64 scores that include the margins
     if form == "generalized":
-        return 2.0 * dz, math.exp(2.0 * dz) * (1.0 + phi_rel) - 1.0 + rounding
+        return 2.0 * dz, _expm1(2.0 * dz) * (1.0 + phi_rel) + phi_rel + rounding
     active = logits[pos & (logits > 0)]
     if active.size == 0:
         return 2.0 * dz * (math.sqrt(2.0 * max(want.loss, 0.0)) + dz), rounding
     coef_rel = 2.0 * dz / float(active.min()) if dz > 0 else 0.0
-    weight = (1.0 + coef_rel) * math.exp(4.0 * dz) * (1.0 + phi_rel) - 1.0
+    weight = (1.0 + coef_rel) * (1.0 + _expm1(4.0 * dz)) * (1.0 + phi_rel) - 1.0
     return 2.0 * dz * (math.sqrt(2.0 * max(want.loss, 0.0)) + dz), weight + rounding
 
 
