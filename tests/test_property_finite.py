@@ -209,3 +209,13 @@ def test_cuda_never_silently_wrong(loss, profile, data):
     small = dict(max_m=4, max_d=3) if SIMULATOR else {}
     X, labels, kwargs = data.draw(extreme_inputs(KINDS[(loss, profile)], **small))
     _check(loss, profile, "cuda", X, labels, kwargs)
+
+
+def test_m3g_refuses_costs_beyond_float64s_reach():
+    """Found by the property above: rows of norm ~1e40 with normalize=False crashed m3g's Newton step
+    inside NumPy's least squares (LinAlgError); |cost| / eps ~ 1e81 leaves exp(f/eps - C/eps) no digit."""
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(6, 2)) * 1e39
+    kwargs = {"normalize": False, "ref": X + 1e38 * rng.normal(size=X.shape), "ref_labels": np.arange(6)}
+    with pytest.raises(gpwref.GpwrefError, match=r"^embeddings: m3g's transport needs \|cost\| / eps"):
+        gpwref.compute("m3g", X, np.arange(6), profile="paper", **kwargs)
