@@ -213,9 +213,12 @@ def test_cuda_never_silently_wrong(loss, profile, data):
 
 def test_m3g_refuses_costs_beyond_float64s_reach():
     """Found by the property above: rows of norm ~1e40 with normalize=False crashed m3g's Newton step
-    inside NumPy's least squares (LinAlgError); |cost| / eps ~ 1e81 leaves exp(f/eps - C/eps) no digit."""
-    rng = np.random.default_rng(5)
-    X = rng.normal(size=(6, 2)) * 1e39
-    kwargs = {"normalize": False, "ref": X + 1e38 * rng.normal(size=X.shape), "ref_labels": np.arange(6)}
+    inside NumPy's least squares (LinAlgError) on the drawn rows; on these (the draw printed to 9
+    digits) it stopped with a misleading "raise max_iter". |cost| / eps ~ 1e81 leaves exp(f/eps -
+    C/eps) no correct digit: the rule names the real cause."""
+    X = np.array([[1.25730221e39, -1.32104863e39], [6.40422650e39, 1.04900117e39], [-5.35669373e39, 3.61595055e39],
+                  [1.30400005e40, 9.47080963e39], [-7.03735236e39, -1.26542147e40], [-6.23274463e39, 4.13259793e38]])
+    ref = np.array([[3.35858593e38, -1.40775896e39], [4.01049773e39, -3.57880629e38], [-6.23132234e39, 3.10765363e39],
+                    [1.46502992e40, 1.35491221e40], [-7.52530392e39, -7.46675807e39], [-7.47654118e39, 1.07052154e39]])
     with pytest.raises(gpwref.GpwrefError, match=r"^embeddings: m3g's transport needs \|cost\| / eps"):
-        gpwref.compute("m3g", X, np.arange(6), profile="paper", **kwargs)
+        gpwref.compute("m3g", X, np.arange(6), profile="paper", normalize=False, ref=ref, ref_labels=np.arange(6))
