@@ -19,12 +19,18 @@ from contextlib import nullcontext
 
 import numpy as np
 
+from .errors import GpwrefError
 from .inputs import Inputs, check_similarities_finite
 from .pairs import PairResult, Result, build_pairs, check_degenerate, grad_embeddings, unit_rows
 
 
 def run(entry, profile, params, inputs: Inputs, backend: str) -> Result:
-    """The loss of ``entry`` on ``inputs`` with ``backend``'s stages (inputs already validated)."""
+    """The loss of ``entry`` on ``inputs`` with ``backend``'s stages (inputs already validated);
+    a result with a non-finite loss or gradient is refused (``check_finite_result``)."""
+    return check_finite_result(_run(entry, profile, params, inputs, backend), inputs)
+
+
+def _run(entry, profile, params, inputs: Inputs, backend: str) -> Result:
     if entry.embeddings_function is not None:
         return entry.embeddings_function(inputs, profile, params)
     stages = stages_for(backend, inputs)
@@ -47,6 +53,58 @@ def run(entry, profile, params, inputs: Inputs, backend: str) -> Result:
         hyper=params,
     )
     return stages.finish(result)
+
+
+# The quantities checked, in the order they arise; grad_sim (m x n) is only scanned to name the
+# culprit once a cheaper one failed: a non-finite G_ij always reaches dL/dX (G_ij times a row).
+_CHECKED = ("loss", "per_anchor", "grad_emb", "grad_ref")
+
+
+def check_finite_result(result: Result, inputs: Inputs) -> Result:
+    """``result`` when its loss, per_anchor and gradients are finite, else a GpwrefError naming the
+    first non-finite quantity and the input rule that keeps it finite. Cost O((m + n) d)."""
+    for name in _CHECKED:
+        value = getattr(result, name)
+        if value is None or _all_finite(value):
+            continue
+        if name in ("grad_emb", "grad_ref") and not _all_finite(result.grad_sim):
+            name, value = "grad_sim", result.grad_sim
+        argument, rule = _prevention(inputs)
+        raise GpwrefError(argument, f"gave a non-finite {name} for loss '{result.loss_name}' "
+                          f"(profile '{result.profile}'); {rule}", _first_bad(name, value))
+    return result
+
+
+def _prevention(inputs: Inputs) -> tuple[str, str]:
+    """(argument, rule): the input rule that keeps the loss's intermediate values finite here."""
+    if not inputs.normalize:
+        return "embeddings", ("with normalize=False keep max|x_i| * max|r_j| (the bound on |S_ij|) small enough "
+                              "for the loss's exponentials and divisions, or pass normalize=True")
+    if np.dtype(inputs.dtype) != np.float64:
+        return "dtype", f"its intermediate values exceed {np.dtype(inputs.dtype).name}: use dtype=None (float64)"
+    return "hyper-parameters", "keep each scale times |S| (an exponent) below ~700 and the margins of moderate size"
+
+
+def _host(array):
+    if array is None or isinstance(array, (float, int, np.ndarray, np.generic)):
+        return np.asarray(array)
+    if hasattr(array, "copy_to_host"):
+        return array.copy_to_host()
+    if hasattr(array, "detach"):  # a torch tensor
+        return array.detach().cpu().numpy()
+    return np.asarray(array)
+
+
+def _all_finite(value) -> bool:
+    return bool(np.all(np.isfinite(_host(value))))
+
+
+def _first_bad(name: str, value) -> str:
+    array = _host(value)
+    if array.ndim == 0:
+        return f"{name} = {float(array)!r}"
+    index = tuple(int(k) for k in np.argwhere(~np.isfinite(array))[0])
+    return f"{name}[{', '.join(map(str, index))}] = {float(array[index])!r}"
 
 
 def stages_for(backend: str, inputs: Inputs):

@@ -27,7 +27,7 @@ import numpy as np
 from ..errors import GpwrefError
 from ..inputs import check_similarities_finite, work_dtype
 from ..pairs import PairResult, check_degenerate
-from ..rules import DUPLICATE_GAP, DUPLICATE_SQ_DISTANCE, check_margins, for_form
+from ..rules import DUPLICATE_GAP, DUPLICATE_SQ_DISTANCE, check_margins, duplicate_cutoff, for_form
 from . import scalar
 
 BACKENDS = ("numpy", "numba", "cuda")
@@ -136,13 +136,13 @@ def binomial_scalars(params: dict) -> tuple:
     return float(params["alpha"]), float(params["beta"]), float(params["lam"])
 
 
-def contrastive_scalars(params: dict) -> tuple:
-    """(distance code, linear positive term?, pos_margin, neg_margin, duplicate gap), after the
-    reference's own margin check (euclidean margins are distances, >= 0)."""
+def contrastive_scalars(params: dict, dtype) -> tuple:
+    """(distance code, linear positive term?, pos_margin, neg_margin, duplicate gap for S in
+    ``dtype``), after the reference's own margin check (euclidean margins are distances, >= 0)."""
     check_margins(params["distance"], pos_margin=params["pos_margin"], neg_margin=params["neg_margin"])
     linear = params["distance"] == "cosine" and params["pos_margin"] is None and params["reduction"] == "anchor_sum"
     return (scalar.DISTANCE_CODES[params["distance"]], linear, float(params["pos_margin"] or 0.0),
-            float(params["neg_margin"]), float(DUPLICATE_SQ_DISTANCE))
+            float(params["neg_margin"]), duplicate_cutoff(dtype, DUPLICATE_SQ_DISTANCE))
 
 
 def contrastive_scales(counts: np.ndarray, sums: np.ndarray, profile, params: dict, m: int):
@@ -309,7 +309,7 @@ def _numba_pairs(cpu, entry, profile, params, S, y, yr, ref_is_batch, ref_self, 
                           G, pos_used, neg_used, per_anchor, counts)
     elif entry.name == "contrastive":
         sums = np.empty((m, 2), dtype=np.float64)
-        cpu.contrastive_rows(S, y, yr, own, *pair_rules(profile, dtype), *contrastive_scalars(params),
+        cpu.contrastive_rows(S, y, yr, own, *pair_rules(profile, dtype), *contrastive_scalars(params, dtype),
                              G, pos_used, neg_used, sums, counts)
         check_counts(counts, profile, entry.name)
         zero, pos_scale, neg_scale, per_anchor, extras = contrastive_scales(counts, sums, profile, params, m)
@@ -334,12 +334,12 @@ def _numba_pairs(cpu, entry, profile, params, S, y, yr, ref_is_batch, ref_self, 
 # Lifted structured loss (both forms, batch only)
 
 
-def lifted_scalars(params: dict) -> tuple:
-    """(form, distance code, pos_margin, neg_margin, duplicate gap) of the chosen form (the
-    distance and margins may be given per form, ``rules.for_form``)."""
+def lifted_scalars(params: dict, dtype) -> tuple:
+    """(form, distance code, pos_margin, neg_margin, duplicate gap for S in ``dtype``) of the chosen
+    form (the distance and margins may be given per form, ``rules.for_form``)."""
     form = params["form"]
     return (form, scalar.DISTANCE_CODES[for_form(params["distance"], form)], float(for_form(params["pos_margin"], form)),
-            float(for_form(params["neg_margin"], form)), float(DUPLICATE_GAP))
+            float(for_form(params["neg_margin"], form)), duplicate_cutoff(dtype, DUPLICATE_GAP))
 
 
 def lifted_zero_rule(counts: np.ndarray, profile) -> bool:
@@ -351,7 +351,7 @@ def lifted_numba(cpu, profile, params, S, y, own, dtype, G, pos_used, neg_used, 
     """The lifted loss's Numba kernels on the batch's S (pass 1: every row's log-sum-exps; pass 2:
     the chosen form's rows). Song's pass 2 needs Q, the batch's count of ordered positive pairs:
     a host sum of the per-row counts between the passes."""
-    form, distance, pos_margin, neg_margin, gap = lifted_scalars(params)
+    form, distance, pos_margin, neg_margin, gap = lifted_scalars(params, dtype)
     rules = pair_rules(profile, dtype)
     scores = (distance, pos_margin, neg_margin, gap)
     groups = same_label_columns(y, y)

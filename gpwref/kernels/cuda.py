@@ -836,7 +836,7 @@ class CudaStages:
                                          d_G, d_pos, d_neg, d_per_anchor, d_counts)
         elif entry.name == "contrastive":
             d_sums = cuda.device_array((m, 2), dtype=np.float64)
-            k.contrastive_rows[grid, block](d_S, d_y, d_yr, d_own, *pair_rules(profile, dtype), *contrastive_scalars(params),
+            k.contrastive_rows[grid, block](d_S, d_y, d_yr, d_own, *pair_rules(profile, dtype), *contrastive_scalars(params, dtype),
                                             d_G, d_pos, d_neg, d_sums, d_counts)
             counts = d_counts.copy_to_host()
             check_counts(counts, profile, entry.name)
@@ -942,7 +942,7 @@ def _lifted(k, profile, params, d_S, y, d_y, d_own, dtype, d_G, d_pos, d_neg, d_
     """The lifted loss's rows on the device, the passes of ``backends.lifted_numba``: pass 1 (every
     row's log-sum-exps and counts), a host sum of the counts (Q, PML's pair-count rule), pass 2
     (the chosen form's rows, or zeros). Two launches plus one m x 4 copy to the host."""
-    form, distance, pos_margin, neg_margin, gap = lifted_scalars(params)
+    form, distance, pos_margin, neg_margin, gap = lifted_scalars(params, dtype)
     rules = pair_rules(profile, dtype)
     scores = (distance, pos_margin, neg_margin, gap)
     groups = tuple(cuda.to_device(array) for array in same_label_columns(y, y))

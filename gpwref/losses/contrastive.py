@@ -39,7 +39,8 @@ Rules:
 * Duplicates. S of a duplicated pair is 1 only up to rounding (1 +- a few ulps), so d computed
   from it is noise of size sqrt(ulp) ~ 1e-8, and a hinge at S = 1 (pos_margin = 1) would be
   decided by that noise. A pair with |2 - 2 S_ij| <= DUPLICATE_SQ_DISTANCE (1e-12, i.e. within
-  5e-13 of S = 1) is a duplicate and sits exactly at S = 1, d = 0 in every term and hinge
+  5e-13 of S = 1; for S computed in float32 the cut-off scaled to float32's round-off, 5.4e-4:
+  ``rules.duplicate_cutoff``) is a duplicate and sits exactly at S = 1, d = 0 in every term and hinge
   (``snap_duplicates``). Slopes: cosine keeps dS/dS = 1 (the form is smooth there); euclidean
   takes dd/dS = 0 at d = 0 (also for 2 - 2S < 0), as torch.cdist gives exactly 0 for identical
   rows with a zero subgradient. So a duplicated negative counts in the value (t = neg_margin) with
@@ -57,21 +58,22 @@ import numpy as np
 from ..entry import LossEntry, number, one_of, optional
 from ..pairs import PairResult, Pairs, zero_by_pair_count
 from ..profiles import Profile
-from ..rules import DUPLICATE_SQ_DISTANCE, check_margins
+from ..rules import DUPLICATE_SQ_DISTANCE, check_margins, duplicate_cutoff
 
 
 def snap_duplicates(S: np.ndarray) -> np.ndarray:
-    """S with every duplicated pair (|2 - 2S| <= DUPLICATE_SQ_DISTANCE) set to exactly 1."""
-    return np.where(np.abs(2.0 - 2.0 * S) <= DUPLICATE_SQ_DISTANCE, 1.0, S)
+    """S with every duplicated pair (|2 - 2S| <= the cut-off of S's dtype, ``rules.duplicate_cutoff``) set to exactly 1."""
+    return np.where(np.abs(2.0 - 2.0 * S) <= duplicate_cutoff(S.dtype, DUPLICATE_SQ_DISTANCE), 1.0, S)
 
 
 def unit_distance(S: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Unit-sphere distance d = sqrt(max(2 - 2S, 0)) and its slope dd/dS = -1/d (0 where d = 0).
 
-    Pairs with 2 - 2S <= DUPLICATE_SQ_DISTANCE (duplicates, and S > 1) get d = 0 exactly, slope 0.
+    Pairs with 2 - 2S <= the duplicate cut-off of S's dtype (DUPLICATE_SQ_DISTANCE in float64; see
+    ``rules.duplicate_cutoff``), duplicates and S > 1, get d = 0 exactly, slope 0.
     """
     squared = 2.0 - 2.0 * S
-    apart = squared > DUPLICATE_SQ_DISTANCE
+    apart = squared > duplicate_cutoff(S.dtype, DUPLICATE_SQ_DISTANCE)
     d = np.sqrt(np.where(apart, squared, 0.0))
     slope = np.divide(-1.0, d, out=np.zeros_like(d), where=apart)
     return d, slope

@@ -52,7 +52,9 @@ Rules shared by both forms:
   unbounded at D = 0 and the S of two copies of one unit vector is 1 only up to a few ulps, so without
   this rule G of a duplicate pair would be 1/sqrt(round-off) (~1e8) and change with the summation
   order of S = U U^T. The gap covers the round-off of unit-row inner products up to d ~ 4000; a
-  genuine distance of at most 1e-6 is read as 0 (it moves each score z by at most 1e-6). PML's cdist
+  genuine distance of at most 1e-6 is read as 0 (it moves each score z by at most 1e-6). S computed
+  in float32 uses the cut-off scaled to float32's round-off (``rules.duplicate_cutoff``: 5.4e-4,
+  D <= 0.023). PML's cdist
   gives exactly 0 for exact copies and torch's cdist backward is 0 there, as here. Near (not exact)
   duplicates stay ill-conditioned in S: G ~ 1/D, so a relative change u in S changes G by ~u/(2 - 2S).
 * ``pos_used`` / ``neg_used`` mark the pairs with a non-zero weight: an active term and phi != 0.
@@ -75,7 +77,7 @@ import numpy as np
 from ..entry import LossEntry, number, one_of, per_form
 from ..pairs import PairResult, Pairs, masked_lse, zero_by_pair_count
 from ..profiles import Profile
-from ..rules import DUPLICATE_GAP, for_form
+from ..rules import DUPLICATE_GAP, duplicate_cutoff, for_form
 
 FORMS = ("song", "generalized")
 DISTANCES = ("euclidean", "cosine")
@@ -84,7 +86,7 @@ DISTANCES = ("euclidean", "cosine")
 def unit_sphere_distance(S: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """D = sqrt(max(2 - 2S, 0)) and phi = -dD/dS = 1/D, with the duplicate rule (D = 0, phi = 0)."""
     gap = 2.0 - 2.0 * S
-    duplicate = gap <= DUPLICATE_GAP
+    duplicate = gap <= duplicate_cutoff(S.dtype, DUPLICATE_GAP)
     D = np.sqrt(np.where(duplicate, 0.0, gap))
     phi = np.where(duplicate, 0.0, 1.0 / np.where(duplicate, 1.0, D))
     return D, phi

@@ -83,6 +83,11 @@ def sinkhorn(cost: np.ndarray, *, eps: float, tol: float, max_iter: int) -> Tran
     k, n = cost.ndim, cost.shape[0]
     log_a = -np.log(n)
     scaled = -cost / eps
+    largest = float(np.max(np.abs(scaled), initial=0.0))
+    if not largest <= SCALED_COST_LIMIT:  # the exponents f/eps - C/eps would keep no correct digit
+        raise GpwrefError("embeddings", f"m3g's transport needs |cost| / eps <= {SCALED_COST_LIMIT:.3g} (float64 keeps "
+                          "no digit of exp(f/eps - C/eps) beyond it): with normalize=False scale the rows down, or raise eps",
+                          f"max |cost| / eps = {largest:.3g}")
     f = [np.zeros(n) for _ in range(k)]
     passes = 0
     for passes in range(1, max_iter + 1):
@@ -115,6 +120,9 @@ def sinkhorn(cost: np.ndarray, *, eps: float, tol: float, max_iter: int) -> Tran
 
 
 SINKHORN_PASSES = 50
+# |C| / eps beyond this: exponents carry an absolute round-off of 2^-52 |C| / eps > 1e-3 (found by
+# tests/test_property_finite.py: rows of norm 1e40 with normalize=False crashed least squares)
+SCALED_COST_LIMIT = 1e-3 * 2.0**52
 
 
 def _logsumexp(values: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:

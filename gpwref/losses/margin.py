@@ -50,13 +50,14 @@ from ..entry import LossEntry, either, integer, non_empty_mapping, number, one_o
 from ..errors import GpwrefError
 from ..pairs import PairResult, Pairs
 from ..profiles import Profile
+from ..rules import duplicate_cutoff
 from .contrastive import DUPLICATE_SQ_DISTANCE
 
 
 def unit_distance(S: np.ndarray, dist_eps: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """D = sqrt(max(2 - 2S, 0) + dist_eps) and dD/dS = -1/D; duplicates (2 - 2S <= 1e-12) get d2 = 0, slope 0."""
     squared = 2.0 - 2.0 * S
-    apart = squared > DUPLICATE_SQ_DISTANCE
+    apart = squared > duplicate_cutoff(S.dtype, DUPLICATE_SQ_DISTANCE)  # float32 S: its own cut-off
     D = np.sqrt(np.where(apart, squared, 0.0) + dist_eps)
     slope = np.divide(-1.0, D, out=np.zeros_like(D), where=apart)
     return D, slope

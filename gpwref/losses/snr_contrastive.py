@@ -104,7 +104,11 @@ def compute(inputs, profile: Profile, params: dict) -> Result:
     m, dims = X.shape
     if dims < 2:
         raise GpwrefError("embeddings", "the SNR distance needs at least 2 coordinates (a variance with D - 1 correction)", f"dimension {dims}")
-    check_memory(m, R.shape[0] * dims, 2, "embeddings")
+    n = R.shape[0]
+    # what it allocates: the two m x n x D arrays of snr_distance (V - U, centred) and about ten m x n
+    # matrices (S, d, masks, terms, weights), all float64 or smaller
+    check_memory(m, n * (2 * dims + 10), 1, "embeddings",
+                 what=f"the SNR distance's two {m} x {n} x {dims} work arrays and about ten {m} x {n} matrices")
 
     if normalize:
         U, norms = unit_rows(X, "embeddings")

@@ -39,12 +39,13 @@ import numpy as np
 from ..entry import LossEntry, boolean, number
 from ..pairs import PairResult, Pairs, masked_lse, anchors_with_positives
 from ..profiles import Profile
+from ..rules import duplicate_cutoff
 from .contrastive import DUPLICATE_SQ_DISTANCE
 
 
 def margin_cosine(S: np.ndarray, margin_rad: float) -> tuple[np.ndarray, np.ndarray]:
     """c = cos(arccos(S) - beta) and dc/dS, with the edge rule (|S| at 1: theta = 0 or pi, slope 0)."""
-    edge = 2.0 - 2.0 * np.abs(S) <= DUPLICATE_SQ_DISTANCE
+    edge = 2.0 - 2.0 * np.abs(S) <= duplicate_cutoff(S.dtype, DUPLICATE_SQ_DISTANCE)  # float32 S: its own cut-off
     clipped = np.where(edge, np.sign(S), np.clip(S, -1.0, 1.0))
     sine = np.sqrt(np.maximum((1.0 - clipped) * (1.0 + clipped), 0.0))  # sin(theta) >= 0
     c = clipped * math.cos(margin_rad) + sine * math.sin(margin_rad)

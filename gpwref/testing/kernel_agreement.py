@@ -32,6 +32,12 @@ A kernel result differs from the reference for two reasons only, and each gets i
      with ``|J| <= 2 dz`` (anchors with ``|A| <= 2 dz``) may flip, with the negatives of their rows;
      the duplicate rule (2 - 2S <= 1e-12) is a weight jump, as for contrastive.
 
+   * Duplicates in float32 (contrastive and lifted, euclidean): a float32 kernel reads 2 - 2S <=
+     5.4e-4 as a duplicate (``gpwref.rules.duplicate_cutoff``: the float64 cut-off's 9000 unit
+     round-offs, in float32's). Exact copies then get the float64 answer (d = 0, weight 0); pairs
+     whose true distance is below sqrt(5.4e-4) = 0.023 but not duplicates in float64 are not
+     resolved by float32: ``near_boundary`` marks them, and no numeric bound is claimed for them.
+
    Embedding gradients are sums over j of ``H_ij v_j`` (H = G or G + G^T): their error is at most
    the weights' relative error times ``scale_i = sum_j |H_ij| |v_j|_inf / |x_i|``, which is also the
    size round-off has when the exact gradient cancels (tied embeddings).
@@ -90,11 +96,14 @@ def _pairs(want: Result, profile, labels, ref_labels, ref_self):
 
 
 def near_boundary(loss: str, want: Result, margin: float, profile, params: dict, labels, ref_labels=None,
-                  ref_self=None) -> tuple[np.ndarray, np.ndarray]:
+                  ref_self=None, dtype=np.float64) -> tuple[np.ndarray, np.ndarray]:
     """(flip, jump): pairs (bool m x n) whose decision could flip if every S_ij moved by up to
     ``margin`` (the reference's S_ij within ``2 margin`` of the boundary it is compared with: both
     the pair and, for mining, the row's hardest pair move), and pairs near a threshold where the
-    weight jumps without a mask change (contrastive's duplicate rule)."""
+    weight jumps without a mask change (the duplicate rule). A kernel working in ``dtype`` reads
+    2 - 2S <= ``rules.duplicate_cutoff(dtype)`` as a duplicate: a pair whose float64 2 - 2S lies
+    between float64's cut-off and that one (true distance below sqrt(cut-off), 0.023 in float32)
+    is one ``dtype`` cannot resolve, and counts as a jump."""
     S, pairs = _pairs(want, profile, labels, ref_labels, ref_self)
     flip = np.zeros(S.shape, dtype=bool)
     jump = np.zeros(S.shape, dtype=bool)
@@ -112,7 +121,7 @@ def near_boundary(loss: str, want: Result, margin: float, profile, params: dict,
         from ..rules import DUPLICATE_SQ_DISTANCE
 
         gap = 2.0 - 2.0 * S
-        jump |= (pairs.pos | pairs.neg) & (np.abs(np.abs(gap) - DUPLICATE_SQ_DISTANCE) <= 2 * margin + 1e-15)
+        jump |= (pairs.pos | pairs.neg) & _duplicate_band(np.abs(gap), DUPLICATE_SQ_DISTANCE, margin, dtype)
         pm = params["pos_margin"]
         nm = params["neg_margin"]
         if params["distance"] == "cosine":
@@ -125,20 +134,37 @@ def near_boundary(loss: str, want: Result, margin: float, profile, params: dict,
             flip |= pairs.pos & (np.abs(S - (1.0 - (pm or 0.0) ** 2 / 2)) <= margin)
             flip |= pairs.neg & (np.abs(S - (1.0 - nm**2 / 2)) <= margin)
     if loss == "lifted_structure":
-        lifted_flip, lifted_jump = _lifted_near_boundary(want, margin, profile, params, labels)
+        lifted_flip, lifted_jump = _lifted_near_boundary(want, margin, profile, params, labels, dtype)
         flip |= lifted_flip
         jump |= lifted_jump
     return flip, jump
+
+
+def _duplicate_band(gap: np.ndarray, float64_cutoff: float, margin: float, dtype) -> np.ndarray:
+    """Pairs (reference 2 - 2S = ``gap``) that the duplicate rule may read differently in ``dtype``:
+    within ``2 margin`` of float64's cut-off, or (another dtype) above float64's cut-off and up to
+    that dtype's one plus ``2 margin``."""
+    from ..rules import duplicate_cutoff
+
+    cutoff = duplicate_cutoff(dtype, float64_cutoff)
+    if cutoff == float64_cutoff:
+        return np.abs(gap - float64_cutoff) <= 2 * margin + 1e-15
+    return (gap > float64_cutoff) & (gap <= cutoff + 2 * margin + 1e-15)
+
+
+def _expm1(x: float) -> float:
+    """exp(x) - 1, inf where it overflows (a bound that large says: no numeric bound)."""
+    return math.expm1(x) if x < 709.0 else math.inf
 
 
 def _conditioning(loss: str, params: dict, want: Result, dS: float, used: np.ndarray) -> tuple[float, float]:
     """(value bound, weight relative bound) from the similarities' difference dS (item 1 above)."""
     m = want.grad_sim.shape[0]
     if loss == "multi_similarity":
-        return 2.0 * dS, math.expm1(2 * logit_scale(loss, params) * dS)
+        return 2.0 * dS, _expm1(2 * logit_scale(loss, params) * dS)
     if loss == "binomial_deviance":
         c = logit_scale(loss, params)
-        return 2.0 * c * dS, math.expm1(c * dS)
+        return 2.0 * c * dS, _expm1(c * dS)
     if loss == "contrastive":
         per_term = dS
         weight = 0.0
@@ -193,7 +219,8 @@ def agreement(got: Result, want: Result, *, loss: str, profile, params: dict, la
     differ = (pos != want.pos_used) | (neg != want.neg_used)
     result = Agreement(dtype=dtype.name, dS=dS, masks_equal=not differ.any(), flipped_near_boundary=False)
     margin = dS + 4 * u * (1.0 + float(np.max(np.abs(want.sim), initial=0.0)) + abs(params.get("eps") or 0.0))
-    flip, jump = near_boundary(loss, want, margin, profile, params, labels, ref_labels, ref_self)
+    work = np.dtype(_host(got.sim).dtype)  # the dtype S was computed in (the duplicate rule's)
+    flip, jump = near_boundary(loss, want, margin, profile, params, labels, ref_labels, ref_self, work)
     if differ.any():
         result.flipped_near_boundary = bool(np.all(flip[differ] | jump[differ]))
         result.ill_conditioned = "a pair near a boundary flipped (it moves that pair's whole weight)"
@@ -228,7 +255,9 @@ def agreement(got: Result, want: Result, *, loss: str, profile, params: dict, la
     for name, got_g, want_g, scale in _gradient_pairs(got, want, ref, embeddings, normalize):
         err = float(np.max(np.abs(_host(got_g).astype(np.float64) - want_g), initial=0.0))
         result.errors[name] = err
-        result.limits[name] = grad_rel * 2 * scale
+        # entries below the dtype's normal range have no relative accuracy (float32 flushes 1e-301 to 0)
+        relative = grad_rel * 2 * scale if scale > 0 else 0.0  # an exact zero gradient (inf * 0 is no bound)
+        result.limits[name] = relative + (float(tiny) if dtype != np.float64 else 0.0)
     return result
 
 
@@ -308,7 +337,7 @@ def _lifted_score_shift(distance: str, gap: np.ndarray, pairs: np.ndarray, dS: f
     return 2.0 * dS / math.sqrt(room) if room > 0 else math.inf
 
 
-def _lifted_near_boundary(want: Result, margin: float, profile, params: dict, labels):
+def _lifted_near_boundary(want: Result, margin: float, profile, params: dict, labels, dtype=np.float64):
     form, distance, pos, neg, gap, logits = _lifted_structure(want, profile, params, labels)
     flip = np.zeros(gap.shape, dtype=bool)
     jump = np.zeros(gap.shape, dtype=bool)
@@ -324,7 +353,7 @@ def _lifted_near_boundary(want: Result, margin: float, profile, params: dict, la
     if distance == "euclidean":
         from ..rules import DUPLICATE_GAP
 
-        jump |= (pos | neg) & (np.abs(gap - DUPLICATE_GAP) <= 2 * margin + 1e-15)
+        jump |= (pos | neg) & _duplicate_band(gap, DUPLICATE_GAP, margin, dtype)
     return flip, jump
 
 
@@ -340,12 +369,12 @@ def _lifted_conditioning(want: Result, dS: float, profile, params: dict, labels)
     margins = abs(float(_for_form(params["pos_margin"], form))) + abs(float(_for_form(params["neg_margin"], form)))
     rounding = 8 * U64 * (2.0 + margins)  # exp of float64 scores that include the margins
     if form == "generalized":
-        return 2.0 * dz, math.exp(2.0 * dz) * (1.0 + phi_rel) - 1.0 + rounding
+        return 2.0 * dz, _expm1(2.0 * dz) * (1.0 + phi_rel) + phi_rel + rounding
     active = logits[pos & (logits > 0)]
     if active.size == 0:
         return 2.0 * dz * (math.sqrt(2.0 * max(want.loss, 0.0)) + dz), rounding
     coef_rel = 2.0 * dz / float(active.min()) if dz > 0 else 0.0
-    weight = (1.0 + coef_rel) * math.exp(4.0 * dz) * (1.0 + phi_rel) - 1.0
+    weight = (1.0 + coef_rel) * (1.0 + _expm1(4.0 * dz)) * (1.0 + phi_rel) - 1.0
     return 2.0 * dz * (math.sqrt(2.0 * max(want.loss, 0.0)) + dz), weight + rounding
 
 
