@@ -1,0 +1,90 @@
+"""Reports whose suggested change applies as printed, custom profiles by ``gpwref.profiles.derive``,
+and candidates returning NaN reported as such."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import gpwref  # noqa: E402
+from gpwref import GpwrefError  # noqa: E402
+from gpwref.profiles import derive  # noqa: E402
+from gpwref.testing import Batch, LossMismatch, assert_loss_matches, explain_mismatch  # noqa: E402
+from tests.oracle.test_testing_clients import DUPLICATE_X, DUPLICATE_Y, official_ms  # noqa: E402
+
+EXAMPLES = 25
+
+
+def _report(candidate, **kwargs):
+    with pytest.raises(LossMismatch) as info:
+        assert_loss_matches(candidate, "multi_similarity", examples=EXAMPLES, **kwargs)
+    return info.value.report
+
+
+def _apply(fix: str) -> dict:
+    """The printed fix as the keyword arguments it spells."""
+    return eval(f"dict({fix})", {"gpwref": gpwref})  # noqa: S307 - the report's own text, by design
+
+
+def test_a_derived_profile_is_accepted_everywhere_under_its_own_name():
+    profile = derive("official-index-self", base="official", self_rule="index", self_threshold=None)
+    assert profile.name == "official-index-self" and profile.degenerate == "raise"
+    assert "official-index-self" in gpwref.PROFILES
+    # the official rules with the index self rule: an independent torch transcription of exactly that
+    summary = assert_loss_matches(functools.partial(official_ms, self_by_value=False), "multi_similarity",
+                                  profile="official-index-self", batches={"duplicates": True}, examples=EXAMPLES)
+    assert summary.profile == "official-index-self" and summary.hyper["beta"] == 40.0  # the base's defaults
+    result = gpwref.compute("multi_similarity", DUPLICATE_X, DUPLICATE_Y, profile="official-index-self")
+    assert result.profile == "official-index-self"
+    # deriving the same profile again is harmless; other rules under a taken name are refused
+    assert derive("official-index-self", base="official", self_rule="index", self_threshold=None) is profile
+    with pytest.raises(GpwrefError, match="already a profile"):
+        derive("official-index-self", base="official", empty_mined="keep")
+
+
+@pytest.mark.parametrize("kwargs,argument", [
+    ({"name": "x", "base": "paper", "no_such_rule": 1}, "rules"),
+    ({"name": "x2", "base": "paper", "self_rule": "value"}, "self_threshold"),
+    ({"name": "x3", "base": "paper", "degenerate": "maybe"}, "degenerate"),
+    ({"name": "1bad", "base": "paper"}, "name"),
+    ({"name": "paper", "base": "pml"}, "name"),
+])
+def test_derive_refuses_bad_rules_by_name(kwargs, argument):
+    with pytest.raises(GpwrefError) as info:
+        derive(**kwargs)
+    assert info.value.argument == argument
+
+
+def test_a_rule_change_is_printed_as_a_derive_call_that_works():
+    candidate = functools.partial(official_ms, self_by_value=False)
+    report = _report(candidate, profile="official", batches={"duplicates": True})
+    assert report.best is not None and "gpwref.profiles.derive(" in report.best.fix
+    assert "apply: profile=gpwref.profiles.derive(" in str(report)
+    summary = assert_loss_matches(candidate, "multi_similarity", batches={"duplicates": True}, examples=EXAMPLES,
+                                  **_apply(report.best.fix))
+    assert summary.compared > 0
+
+
+def test_a_default_change_is_printed_as_a_hyper_value_that_works():
+    candidate = functools.partial(official_ms, beta=50.0)
+    report = _report(candidate, profile="official")
+    assert report.best.fix == "hyper={'beta': 50.0}"
+    assert_loss_matches(candidate, "multi_similarity", profile="official", examples=EXAMPLES, **_apply(report.best.fix))
+
+
+def test_a_nan_candidate_is_reported_as_nan_with_its_rows():
+    def candidate(X, y):
+        U = torch.nn.functional.normalize(X, dim=1)
+        S = U @ U.T
+        return torch.sqrt(S[0, 1] - 2.0) + S.sum() * 0  # nan, and nan gradients on the rows it touches
+
+    batch = Batch(DUPLICATE_X, DUPLICATE_Y)
+    report = explain_mismatch(candidate, "multi_similarity", batch, profile="paper")
+    text = str(report)
+    assert not report.agree
+    assert "the candidate's value is nan" in text
+    assert "differ by nan" not in text
+    assert "dL/dX holds nan at rows [0, 1]" in text  # only S[0, 1] is nan: the rows 0 and 1 it is formed from
