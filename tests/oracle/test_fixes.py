@@ -88,3 +88,20 @@ def test_a_nan_candidate_is_reported_as_nan_with_its_rows():
     assert "the candidate's value is nan" in text
     assert "differ by nan" not in text
     assert "dL/dX holds nan at rows [0, 1]" in text  # only S[0, 1] is nan: the rows 0 and 1 it is formed from
+
+
+def test_the_page_examples_run():
+    import re
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "oracle.md").read_text()
+    marker = "<!-- runs: tests/oracle/test_fixes.py::test_the_page_examples_run -->"
+    blocks = re.findall(re.escape(marker) + r"\n```python\n(.*?)\n```", page, re.S)
+    assert len(blocks) == 2
+    for block in blocks:
+        namespace: dict = {}
+        exec(compile(block, "docs/oracle.md", "exec"), namespace)  # noqa: S102 - the page's own example
+        if "summary" in namespace:
+            assert namespace["summary"].accepted  # the tie example passed through an admissible reference
+        if "result" in namespace:
+            assert namespace["result"].profile == "rdml"
