@@ -218,6 +218,10 @@ def _variants(setup: Setup) -> list[_Variant]:
                 changes["self_threshold"] = other.self_threshold
             singles.append(_Variant(f"'{current.name}' with {key}={value!r}", "rule", changes,
                                     replace(current, **changes), dict(setup.overrides)))
+    if (current.self_rule, current.self_threshold) != ("value", 1.0):  # code that keeps only pairs with S < 1 as positives
+        changes = {"self_rule": "value", "self_threshold": 1.0}
+        singles.append(_Variant(f"'{current.name}' with self_rule='value', self_threshold=1.0 (same-label pairs with S >= 1 "
+                                "are self pairs)", "rule", changes, replace(current, **changes), dict(setup.overrides)))
     values: dict[str, dict[str, tuple[object, list[str]]]] = {}  # key -> repr(value) -> (value, where seen)
     for profile_name, defaults in entry.defaults.items():
         for key, value in defaults.items():
@@ -273,6 +277,24 @@ def _merge(setup: Setup, a: _Variant, b: _Variant) -> _Variant | None:
     return _Variant(f"{a.label} + {b.label}", "combination", {**a.changes, **b.changes}, profile, hyper, reduction, (a, b))
 
 
+def _documented(setup: Setup, comparison: Comparison) -> list[Alternative]:
+    """Discrepancies a loss's docstring documents that no profile or hyper-parameter models (see docs/losses.md)."""
+    reference, output = comparison.reference, comparison.output
+    if reference is None or output is None or output.grad_emb is None or comparison.tolerance is None:
+        return []
+    found = []
+    scale = (reference.extras or {}).get("official_backward_scale")
+    if scale and np.isfinite(output.value):
+        tol = comparison.tolerance
+        if tol.value_ratio(output.value, reference.loss) <= 1.0 and tol.grad_ratio(output.grad_emb, scale * reference.grad_emb) <= 1.0:
+            found.append(Alternative(
+                f"the official backward's extra factor N'/2 = {scale:g} on the gradient (the value unchanged)", "documented",
+                {"official_backward_scale": scale},
+                fix="no gpwref setting (gpwref's G is the true dL/dS): compare check=('value',), or divide the candidate's "
+                    "gradient by result.extras['official_backward_scale']"))
+    return found
+
+
 def _fix(setup: Setup, variant: _Variant) -> str:
     """The variant as arguments that apply as printed: profile=, hyper=, or a profile made by gpwref.profiles.derive."""
     if variant.reduction is not None and variant.kind == "reduction":
@@ -286,7 +308,7 @@ def _fix(setup: Setup, variant: _Variant) -> str:
     else:  # a rule changed: a named profile derived from the current one
         changed = {k: v for k, v in profile.rules().items() if v != getattr(setup.profile, k)}
         rules = ", ".join(f"{k}={v!r}" for k, v in changed.items())
-        name = f"{setup.profile.name}-" + "-".join(f"{k}-{v}" for k, v in changed.items() if k != "self_threshold")
+        name = f"{setup.profile.name}-" + "-".join(f"{k}-{v}" for k, v in changed.items())
         parts.append(f"profile=gpwref.profiles.derive({name!r}, base={setup.profile.name!r}, {rules})")
     if variant.hyper:
         parts.append(f"hyper={dict(variant.hyper)!r}")
@@ -492,6 +514,9 @@ def explain(setup: Setup, batch: Batch, *, confirm: int = 8, seed: int = 0, comp
 
     agreeing.sort(key=rank)
     alternatives = [Alternative(v.label, v.kind, dict(v.changes), *confirmed[v], _fix(setup, v)) for v in agreeing]
+    documented = _documented(setup, comparison)
+    tried += 1
+    alternatives = documented + alternatives  # a documented discrepancy of this very loss comes first
     best = next((v for v in agreeing if confirmed[v][0] == confirmed[v][1]), None)
     notes = list(_notes(setup, comparison, checks))
     if comparison.reference is None or output is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -105,3 +106,44 @@ def test_the_page_examples_run():
             assert namespace["summary"].accepted  # the tie example passed through an admissible reference
         if "result" in namespace:
             assert namespace["result"].profile == "rdml"
+
+
+# ---- documented discrepancies are named (candidates built from gpwref itself plus the one documented
+# change: these tests check the explainer's naming, not gpwref's values) -----------------------------
+
+
+def _numpy_candidate(loss, profile, grad_factor=None, **hyper):
+    def value(X, y):
+        return gpwref.compute(loss, X, y, profile=profile, **hyper).loss
+
+    def grad(X, y):
+        result = gpwref.compute(loss, X, y, profile=profile, **hyper)
+        factor = 1.0 if grad_factor is None else grad_factor(result)
+        return result.grad_emb * factor
+
+    return value, grad
+
+
+def test_the_official_fast_ap_backward_scale_is_named():
+    if "fast_ap" not in gpwref.LOSSES:
+        pytest.skip("no fast_ap entry")
+    value, grad = _numpy_candidate("fast_ap", "paper", grad_factor=lambda r: r.extras["official_backward_scale"])
+    with pytest.raises(LossMismatch) as info:
+        assert_loss_matches(value, "fast_ap", profile="paper", candidate_grad=grad, framework="numpy",
+                            batches={"singletons": False, "one_class": False, "m": (4, 10)}, examples=10)
+    report = info.value.report
+    assert report.best is not None and report.best.kind == "documented"
+    assert "N'/2" in report.best.label and "official_backward_scale" in report.best.fix
+
+
+def test_a_self_threshold_of_one_is_named_and_printed_as_a_derive_call():
+    value, grad = _numpy_candidate("multi_similarity", gpwref.profiles.derive(
+        "paper-below-one", base="paper", self_rule="value", self_threshold=1.0))
+    # rows 0 and 1 duplicate (S = 1); row 2 at S = 1 - 5e-7 (a self pair under threshold 0.99999 only);
+    # row 5 a negative at S = 0.95, so MS mining keeps (0, 1)
+    X = [[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [1.0, 0.001, 0.0], [0.0, 1.0, 0.0], [0.0, 0.6, 0.8], [0.95, 0.0, 0.3122499]]
+    report = explain_mismatch(value, "multi_similarity", Batch(np.array(X), np.array([0, 0, 0, 1, 1, 1])), profile="paper",
+                              candidate_grad=grad, framework="numpy")
+    assert not report.agree and report.best is not None
+    assert report.best.changes == {"self_rule": "value", "self_threshold": 1.0}
+    assert "self_threshold=1.0" in report.best.fix
