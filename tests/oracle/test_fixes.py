@@ -105,7 +105,7 @@ def test_the_page_examples_run():
         if "summary" in namespace:
             assert namespace["summary"].accepted  # the tie example passed through an admissible reference
         if "result" in namespace:
-            assert namespace["result"].profile == "rdml"
+            assert namespace["result"].profile == "my_official"
 
 
 # ---- documented discrepancies are named (candidates built from gpwref itself plus the one documented
