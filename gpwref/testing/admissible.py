@@ -67,6 +67,13 @@ def reference_at(setup, inputs, transform: Callable[[np.ndarray, object], np.nda
     return Alternative(name, float(pair.loss), grad_emb, grad_ref, pair.pos_used, pair.neg_used, pair.per_anchor)
 
 
+class _Weights:
+    """A stand-in for a PairResult where only G is read (the stages' gradients)."""
+
+    def __init__(self, grad_sim):
+        self.grad_sim = grad_sim
+
+
 def _stages(setup, inputs):
     """The reference's NumPy stages on ``inputs`` and the S they form."""
     validated = validate(setup.entry, inputs.X, inputs.labels, inputs.ref, inputs.ref_labels, inputs.ref_self,
@@ -148,10 +155,12 @@ def alternatives(setup, inputs, base, dtype: str) -> tuple[list[Alternative], tu
     # stability epsilons
     for eps in EPSILONS:
         if _euclidean(setup):
-            found.append(reference_at(setup, inputs, lambda S, st, e=eps: S - e / 2.0,
+            shift = eps * (1.0 + 1e-6) / 2.0  # a hair beyond eps/2, so that the duplicate snap (1e-12) does not absorb it
+            found.append(reference_at(setup, inputs, lambda S, st, h=shift: S - h,
                                       f"a stability epsilon {eps:g} under the square root: sqrt(d^2 + {eps:g})"))
-            found.append(reference_at(setup, inputs, lambda S, st, e=eps: np.minimum(S, 1.0 - e / 2.0),
-                                      f"a stability epsilon {eps:g} as a floor: clamp(d^2, min={eps:g}).sqrt()"))
+            found.append(reference_at(setup, inputs, lambda S, st, h=shift: np.minimum(S, 1.0 - h),
+                                      f"a stability epsilon {eps:g} as a floor: clamp(d^2, min={eps:g}).sqrt()",
+                                      lambda st, G, h=shift: st.gradients(_Weights(G * (st.U @ st.V.T < 1.0 - h)))))
         if setup.normalize:
             def in_norm(S, stages, e=eps):
                 a = 1.0 / (1.0 + e / stages.norms)

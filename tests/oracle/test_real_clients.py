@@ -1,0 +1,83 @@
+"""Real implementations' conventions, re-expressed here in torch (no code copied), with the verdict each
+must get from the oracle: pass where its conventions are the ones named, fail where they differ.
+
+* open-reid's batch-hard TripletLoss (Cysu/open-reid reid/loss/triplet.py, carried into
+  KaiyangZhou/deep-person-reid torchreid/losses/hard_mine_triplet_loss.py and reid-strong-baseline):
+  d from |x|^2 + |y|^2 - 2 x.y floored at 1e-12 before the square root; the hardest positive is the
+  largest d over the same-label row INCLUDING the anchor itself, the hardest negative the smallest
+  d over the other labels (an empty set raises); MarginRankingLoss(margin 0.3): the mean over all
+  anchors of relu(d_ap - d_an + margin). Fed L2-normalised rows.
+* HobbitLong/SupContrast losses.py SupConLoss with one view, contrast_mode 'all': logits S/tau with
+  the row maximum (self included) subtracted without gradient, the self column masked out, log of
+  the masked sum plus 1e-9, the mean over the positives, times tau/base_tau (0.07/0.07), mean over
+  the anchors; an anchor without a positive divides 0 by 0 (NaN). Fed L2-normalised rows.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from gpwref.testing import LossMismatch, assert_loss_matches  # noqa: E402
+
+EXAMPLES = 30
+
+
+def open_reid_batch_hard(X, y, margin=0.3):
+    U = torch.nn.functional.normalize(X, dim=1)
+    sq = (U * U).sum(1)
+    d = torch.sqrt(torch.clamp(sq[:, None] + sq[None, :] - 2 * U @ U.T, min=1e-12))
+    same = y[:, None] == y[None, :]
+    d_ap = torch.stack([d[i][same[i]].max() for i in range(len(y))])
+    d_an = torch.stack([d[i][~same[i]].min() for i in range(len(y))])
+    return torch.relu(d_ap - d_an + margin).mean()
+
+
+OPEN_REID_HYPER = {"mining": "batch_hard", "distance": "euclidean", "margin": 0.3, "reduction": "mean"}
+
+
+def test_open_reid_batch_hard_passes_where_every_anchor_has_a_positive():
+    summary = assert_loss_matches(open_reid_batch_hard, "triplet", profile="paper", hyper=OPEN_REID_HYPER,
+                                  batches={"singletons": False, "one_class": False, "duplicates": False, "m": (4, 16)},
+                                  examples=EXAMPLES)
+    assert summary.compared == EXAMPLES
+
+
+def test_open_reid_batch_hard_fails_on_a_singleton():
+    # a singleton takes itself (d = 1e-6) as its hardest positive and counts in the mean over all m;
+    # gpwref's batch_hard leaves an anchor without a positive out
+    with pytest.raises(LossMismatch) as info:
+        assert_loss_matches(open_reid_batch_hard, "triplet", profile="paper", hyper=OPEN_REID_HYPER,
+                            batches={"singletons": True, "one_class": False, "m": (3, 12)}, examples=EXAMPLES)
+    report = info.value.report
+    labels = report.batch.labels.tolist()
+    assert any(labels.count(c) == 1 for c in labels)  # the failing batch holds a singleton
+
+
+def supcontrast(X, y, tau=0.07, base_tau=0.07):
+    U = torch.nn.functional.normalize(X, dim=1)
+    logits = U @ U.T / tau
+    logits = logits - logits.max(dim=1, keepdim=True).values.detach()
+    not_self = 1.0 - torch.eye(len(y), dtype=X.dtype)
+    positive = (y[:, None] == y[None, :]).to(X.dtype) * not_self
+    log_prob = logits - torch.log((torch.exp(logits) * not_self).sum(1, keepdim=True) + 1e-9)
+    mean_log_prob_pos = (positive * log_prob).sum(1) / positive.sum(1)
+    return (-(tau / base_tau) * mean_log_prob_pos).mean()
+
+
+SUPCON_HYPER = {"temperature": 0.07, "base_temperature": 0.07, "reduction": "mean", "log_eps": 1e-9}
+
+
+def test_supcontrast_passes_where_every_anchor_has_a_positive():
+    summary = assert_loss_matches(supcontrast, "supcon", profile="paper", hyper=SUPCON_HYPER,
+                                  batches={"singletons": False, "m": (2, 16)}, examples=EXAMPLES)
+    assert summary.compared == EXAMPLES
+
+
+def test_supcontrast_is_nan_on_a_singleton_and_the_report_says_so():
+    with pytest.raises(LossMismatch) as info:
+        assert_loss_matches(supcontrast, "supcon", profile="paper", hyper=SUPCON_HYPER,
+                            batches={"singletons": True, "m": (2, 12)}, examples=EXAMPLES)
+    text = str(info.value.report)
+    assert "the candidate's value is nan" in text and "differ by nan" not in text
