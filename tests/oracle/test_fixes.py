@@ -19,6 +19,16 @@ from tests.oracle.test_testing_clients import DUPLICATE_X, DUPLICATE_Y, official
 EXAMPLES = 25
 
 
+@pytest.fixture(autouse=True)
+def _forget_derived_profiles():
+    """derive() registers process-wide: each test's profiles are removed after it (other tests count profiles)."""
+    profiles, derived = dict(gpwref.profiles.PROFILES), dict(gpwref.profiles.DERIVED_FROM)
+    yield
+    for table, saved in ((gpwref.profiles.PROFILES, profiles), (gpwref.profiles.DERIVED_FROM, derived)):
+        table.clear()
+        table.update(saved)
+
+
 def _report(candidate, **kwargs):
     with pytest.raises(LossMismatch) as info:
         assert_loss_matches(candidate, "multi_similarity", examples=EXAMPLES, **kwargs)
