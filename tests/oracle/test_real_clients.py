@@ -11,9 +11,13 @@ must get from the oracle: pass where its conventions are the ones named, fail wh
   the row maximum (self included) subtracted without gradient, the self column masked out, log of
   the masked sum plus 1e-9, the mean over the positives, times tau/base_tau (0.07/0.07), mean over
   the anchors; an anchor without a positive divides 0 by 0 (NaN). Fed L2-normalised rows.
+* Spijkervet/SimCLR simclr/modules/nt_xent.py NT_Xent: two views per item, cosine similarity / tau,
+  per row a cross-entropy over (its partner, every other row but itself), summed, divided by 2N.
 """
 
 from __future__ import annotations
+
+import functools
 
 import pytest
 
@@ -81,3 +85,37 @@ def test_supcontrast_is_nan_on_a_singleton_and_the_report_says_so():
                             batches={"singletons": True, "m": (2, 12)}, examples=EXAMPLES)
     text = str(info.value.report)
     assert "the candidate's value is nan" in text and "differ by nan" not in text
+
+
+def simclr_nt_xent(X, y, tau=0.5):
+    """Spijkervet/SimCLR simclr/modules/nt_xent.py NT_Xent: two views per item (here: the two rows of a
+    label), cosine similarities / tau, for each of the 2N rows a cross-entropy whose logits are its
+    partner first and every row but itself and its partner after it; summed and divided by 2N."""
+    labels = y.tolist()
+    partner = torch.tensor([next(j for j in range(len(labels)) if j != i and labels[j] == labels[i])
+                            for i in range(len(labels))])
+    sim = torch.nn.functional.cosine_similarity(X[:, None, :], X[None, :, :], dim=2) / tau
+    rows = torch.arange(len(labels))
+    others = torch.ones_like(sim, dtype=torch.bool)
+    others[rows, rows] = False
+    others[rows, partner] = False
+    logits = torch.cat([sim[rows, partner][:, None], sim[others].reshape(len(labels), -1)], dim=1)
+    target = torch.zeros(len(labels), dtype=torch.long)
+    return torch.nn.functional.cross_entropy(logits, target, reduction="sum") / len(labels)
+
+
+def test_simclr_nt_xent_passes_on_two_views_per_item():
+    summary = assert_loss_matches(simclr_nt_xent, "ntxent", profile="paper", hyper={"temperature": 0.5},
+                                  batches={"pk": ((2, 12), 2)}, examples=EXAMPLES)
+    assert summary.compared == EXAMPLES
+
+
+def test_simclr_nt_xent_against_pml_names_the_temperature():
+    # with two views PML's denominator (the pair's positive and the negatives) is SimCLR's (every row
+    # but the anchor), so at tau = 0.1 under 'pml' only the temperature (0.07 there) differs
+    with pytest.raises(LossMismatch) as info:
+        assert_loss_matches(functools.partial(simclr_nt_xent, tau=0.1), "ntxent", profile="pml",
+                            batches={"pk": ((2, 8), 2)}, examples=EXAMPLES)
+    # (the explainer's further batches are not two-view batches, so "agrees on this batch" is the claim)
+    named = [a for a in info.value.report.alternatives if a.changes == {"temperature": 0.1}]
+    assert named and named[0].fix == "hyper={'temperature': 0.1}"
