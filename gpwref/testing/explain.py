@@ -292,7 +292,47 @@ def _documented(setup: Setup, comparison: Comparison) -> list[Alternative]:
                 {"official_backward_scale": scale},
                 fix="no gpwref setting (gpwref's G is the true dL/dS): compare check=('value',), or divide the candidate's "
                     "gradient by result.extras['official_backward_scale']"))
+    params = setup.params
+    if (setup.entry.name == "triplet" and params.get("mining") == "batch_hard" and params.get("reduction") == "mean"
+            and comparison.inputs.ref is None and np.isfinite(output.value)):
+        found.extend(_singleton_takes_itself(setup, comparison))
     return found
+
+
+def _singleton_takes_itself(setup: Setup, comparison: Comparison) -> list[Alternative]:
+    """Batch-hard code that takes the anchor itself as a singleton's hardest positive (max over the
+    same-label row, self included) and averages over all m anchors (open-reid's TripletLoss)."""
+    from ..losses.triplet import pair_distance
+    from .admissible import _stages, _Weights
+
+    reference, output, inputs, tol = comparison.reference, comparison.output, comparison.inputs, comparison.tolerance
+    y = inputs.labels
+    m = len(y)
+    same = y[:, None] == y[None, :]
+    pos, neg = same & ~np.eye(m, dtype=bool), ~same
+    single = ~pos.any(axis=1) & neg.any(axis=1)
+    if not single.any() or not neg.any(axis=1).all():
+        return []
+    stages, S = _stages(setup, inputs)
+    D, slope = pair_distance(S, setup.params["distance"])
+    triplets = reference.extras.get("triplets", 0)
+    self_distances = (-1.0,) if setup.params["distance"] == "cosine" else (0.0, 1e-6)  # 1e-6: a floor of 1e-12 under the root
+    for d_self in self_distances:
+        value = reference.loss * triplets / m
+        G = reference.grad_sim * (triplets / m)
+        for i in np.flatnonzero(single):
+            n = np.flatnonzero(neg[i])[np.argmin(D[i, neg[i]])]
+            term = d_self - D[i, n] + setup.params["margin"]
+            if term > 0:
+                value += term / m
+                G[i, n] -= slope[i, n] / m
+        grad_emb, _ = stages.gradients(_Weights(G))
+        if tol.value_ratio(output.value, value) <= 1.0 and tol.grad_ratio(output.grad_emb, grad_emb) <= 1.0:
+            return [Alternative(
+                f"a singleton takes itself as its hardest positive (D = {d_self:g}) and the mean runs over all {m} anchors "
+                f"(singletons {np.flatnonzero(single).tolist()})", "documented", {"singleton_rule": "self_as_positive"},
+                fix="no gpwref setting: draw batches without singletons (batches={'singletons': False}) to compare the rest")]
+    return []
 
 
 def _fix(setup: Setup, variant: _Variant) -> str:

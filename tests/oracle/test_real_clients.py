@@ -56,7 +56,10 @@ def test_open_reid_batch_hard_fails_on_a_singleton():
                             batches={"singletons": True, "one_class": False, "m": (3, 12)}, examples=EXAMPLES)
     report = info.value.report
     labels = report.batch.labels.tolist()
-    assert any(labels.count(c) == 1 for c in labels)  # the failing batch holds a singleton
+    singletons = [i for i, c in enumerate(labels) if labels.count(c) == 1]
+    assert singletons  # the failing batch holds a singleton
+    assert report.best is not None and report.best.kind == "documented", str(report)
+    assert "takes itself as its hardest positive" in report.best.label and str(singletons) in report.best.label
 
 
 def supcontrast(X, y, tau=0.07, base_tau=0.07):
