@@ -10,6 +10,7 @@ from typing import Mapping
 
 from .entry import REFUSED, Hyper, LossEntry
 from .errors import GpwrefError
+from .profiles import defaults_name
 from .losses import multi_similarity
 from .losses import lifted_structure
 from .losses import npair
@@ -123,10 +124,12 @@ def get_entry(loss: str) -> LossEntry:
 
 def resolve_hyper(entry: LossEntry, profile_name: str, overrides: Mapping[str, object]) -> dict[str, object]:
     """The profile's defaults with ``overrides``, each checked by its rule and given as a plain Python value."""
+    profile_name = defaults_name(profile_name)  # a profile made by gpwref.profiles.derive: its base's defaults
     if profile_name not in entry.defaults:
         raise GpwrefError(
             "profile",
-            f"loss '{entry.name}' has no '{profile_name}' convention; it is defined under {sorted(entry.defaults)}",
+            f"loss '{entry.name}' has no '{profile_name}' convention; it is defined under {sorted(entry.defaults)} "
+            "(a custom profile: gpwref.profiles.derive(name, base=..., **rules))",
         )
     params = dict(entry.defaults[profile_name])
     for key, value in overrides.items():

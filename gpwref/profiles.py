@@ -98,7 +98,7 @@ PML = Profile(
     },
 )
 
-PROFILES: Mapping[str, Profile] = {p.name: p for p in (PAPER, OFFICIAL, PML)}
+PROFILES: dict[str, Profile] = {p.name: p for p in (PAPER, OFFICIAL, PML)}
 
 
 def get_profile(profile: "str | Profile") -> Profile:
@@ -107,3 +107,63 @@ def get_profile(profile: "str | Profile") -> Profile:
     if profile not in PROFILES:
         raise GpwrefError("profile", f"must be one of {sorted(PROFILES)}", repr(profile))
     return PROFILES[profile]
+
+
+# A derived profile's name -> the profile whose per-loss hyper-parameter defaults it uses.
+DERIVED_FROM: dict[str, str] = {}
+_NAME = __import__("re").compile(r"[A-Za-z][A-Za-z0-9_.-]*")
+
+
+def derive(name: str, *, base: "str | Profile" = "paper", description: str | None = None, **rules) -> Profile:
+    """A named custom profile: ``base``'s rules with ``rules`` changed, registered under ``name``.
+
+    Every loss defined under ``base`` accepts ``name`` (with ``base``'s hyper-parameter defaults) in
+    ``gpwref.compute``, ``from_similarity``, ``gpwref.torch`` and ``gpwref.testing``; e.g.
+    ``gpwref.profiles.derive("rdml", base="official", self_rule="index", self_threshold=None)``.
+    Deriving the same name again with the same rules returns the registered profile.
+    """
+    parent = get_profile(base)
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise GpwrefError("name", "must be a profile name: a letter, then letters, digits, '_', '.' or '-'", repr(name))
+    known = parent.rules()
+    unknown = sorted(set(rules) - set(known))
+    if unknown:
+        raise GpwrefError("rules", f"must be among the profile rules {sorted(known)}", repr(unknown))
+    profile = Profile(**{**{f.name: getattr(parent, f.name) for f in fields(parent)}, **rules, "name": name,
+                         "description": description or f"'{parent.name}' with {rules}",
+                         "sources": {**parent.sources, **{key: f"derived from '{parent.name}'" for key in rules}}})
+    _check_rules(profile)
+    if name in PROFILES:
+        if name in DERIVED_FROM and PROFILES[name].rules() == profile.rules() and DERIVED_FROM[name] == defaults_name(parent.name):
+            return PROFILES[name]
+        raise GpwrefError("name", "is already a profile with other rules (pick another name)", repr(name))
+    PROFILES[name] = profile
+    DERIVED_FROM[name] = defaults_name(parent.name)
+    return profile
+
+
+def defaults_name(profile_name: str) -> str:
+    """The profile whose hyper-parameter defaults ``profile_name`` uses (itself unless derived)."""
+    return DERIVED_FROM.get(profile_name, profile_name)
+
+
+_CHOICES = {
+    "self_rule": ("index", "value"),
+    "degenerate": ("allow", "raise"),
+    "empty_mined": ("keep", "skip_anchor"),
+    "mining_compare": ("shift_extreme", "shift_pair"),
+    "zero_if_at_most_one_pair": (True, False),
+    "empty_lse": ("neg_inf", "zero"),
+}
+
+
+def _check_rules(profile: Profile) -> None:
+    for rule, choices in _CHOICES.items():
+        if getattr(profile, rule) not in choices:
+            raise GpwrefError(rule, f"must be one of {list(choices)}", repr(getattr(profile, rule)))
+    threshold = profile.self_threshold
+    if profile.self_rule == "value":
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 < threshold <= 1.0:
+            raise GpwrefError("self_threshold", "must be a number in (0, 1] with self_rule='value'", repr(threshold))
+    elif threshold is not None:
+        raise GpwrefError("self_threshold", "must be None with self_rule='index'", repr(threshold))

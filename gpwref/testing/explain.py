@@ -76,6 +76,7 @@ class Alternative:
     changes: Mapping[str, object]  # e.g. {"self_rule": "index"}, {"beta": 50.0}, {"profile": "pml"}, {"reduction": "sum"}
     confirmed: int = 0  # further batches on which it also agrees
     confirm_tried: int = 0
+    fix: str = ""  # the change as arguments that work as printed (gpwref.compute / assert_loss_matches)
 
     @property
     def fully_confirmed(self) -> bool:
@@ -83,7 +84,8 @@ class Alternative:
 
     def __str__(self) -> str:
         extra = f" (also agrees on {self.confirmed} of {self.confirm_tried} further batches)" if self.confirm_tried else ""
-        return f"{self.label}{extra}"
+        fix = f"\n      apply: {self.fix}" if self.fix else ""
+        return f"{self.label}{extra}{fix}"
 
 
 @dataclass(frozen=True)
@@ -216,6 +218,10 @@ def _variants(setup: Setup) -> list[_Variant]:
                 changes["self_threshold"] = other.self_threshold
             singles.append(_Variant(f"'{current.name}' with {key}={value!r}", "rule", changes,
                                     replace(current, **changes), dict(setup.overrides)))
+    if (current.self_rule, current.self_threshold) != ("value", 1.0):  # code that keeps only pairs with S < 1 as positives
+        changes = {"self_rule": "value", "self_threshold": 1.0}
+        singles.append(_Variant(f"'{current.name}' with self_rule='value', self_threshold=1.0 (same-label pairs with S >= 1 "
+                                "are self pairs)", "rule", changes, replace(current, **changes), dict(setup.overrides)))
     values: dict[str, dict[str, tuple[object, list[str]]]] = {}  # key -> repr(value) -> (value, where seen)
     for profile_name, defaults in entry.defaults.items():
         for key, value in defaults.items():
@@ -269,6 +275,87 @@ def _merge(setup: Setup, a: _Variant, b: _Variant) -> _Variant | None:
     except GpwrefError:
         return None
     return _Variant(f"{a.label} + {b.label}", "combination", {**a.changes, **b.changes}, profile, hyper, reduction, (a, b))
+
+
+def _documented(setup: Setup, comparison: Comparison) -> list[Alternative]:
+    """Discrepancies a loss's docstring documents that no profile or hyper-parameter models (see docs/losses.md)."""
+    reference, output = comparison.reference, comparison.output
+    if reference is None or output is None or output.grad_emb is None or comparison.tolerance is None:
+        return []
+    found = []
+    scale = (reference.extras or {}).get("official_backward_scale")
+    if scale and np.isfinite(output.value):
+        tol = comparison.tolerance
+        if tol.value_ratio(output.value, reference.loss) <= 1.0 and tol.grad_ratio(output.grad_emb, scale * reference.grad_emb) <= 1.0:
+            found.append(Alternative(
+                f"the official backward's extra factor N'/2 = {scale:g} on the gradient (the value unchanged)", "documented",
+                {"official_backward_scale": scale},
+                fix="no gpwref setting (gpwref's G is the true dL/dS): compare check=('value',), or divide the candidate's "
+                    "gradient by result.extras['official_backward_scale']"))
+    params = setup.params
+    if (setup.entry.name == "triplet" and params.get("mining") == "batch_hard" and params.get("reduction") == "mean"
+            and comparison.inputs.ref is None and np.isfinite(output.value)):
+        found.extend(_singleton_takes_itself(setup, comparison))
+    return found
+
+
+def _singleton_takes_itself(setup: Setup, comparison: Comparison) -> list[Alternative]:
+    """Batch-hard code that takes the anchor itself as a singleton's hardest positive (max over the
+    same-label row, self included) and averages over all m anchors (open-reid's TripletLoss)."""
+    from ..losses.triplet import pair_distance
+    from .admissible import _stages, _Weights
+
+    reference, output, inputs, tol = comparison.reference, comparison.output, comparison.inputs, comparison.tolerance
+    y = inputs.labels
+    m = len(y)
+    same = y[:, None] == y[None, :]
+    pos, neg = same & ~np.eye(m, dtype=bool), ~same
+    single = ~pos.any(axis=1) & neg.any(axis=1)
+    if not single.any() or not neg.any(axis=1).all():
+        return []
+    stages, S = _stages(setup, inputs)
+    D, slope = pair_distance(S, setup.params["distance"])
+    triplets = reference.extras.get("triplets", 0)
+    self_distances = (-1.0,) if setup.params["distance"] == "cosine" else (0.0, 1e-6)  # 1e-6: a floor of 1e-12 under the root
+    for d_self in self_distances:
+        value = reference.loss * triplets / m
+        G = reference.grad_sim * (triplets / m)
+        for i in np.flatnonzero(single):
+            n = np.flatnonzero(neg[i])[np.argmin(D[i, neg[i]])]
+            term = d_self - D[i, n] + setup.params["margin"]
+            if term > 0:
+                value += term / m
+                G[i, n] -= slope[i, n] / m
+        grad_emb, _ = stages.gradients(_Weights(G))
+        if tol.value_ratio(output.value, value) <= 1.0 and tol.grad_ratio(output.grad_emb, grad_emb) <= 1.0:
+            return [Alternative(
+                f"a singleton takes itself as its hardest positive (D = {d_self:g}) and the mean runs over all {m} anchors "
+                f"(singletons {np.flatnonzero(single).tolist()})", "documented", {"singleton_rule": "self_as_positive"},
+                fix="no gpwref setting: draw batches without singletons (batches={'singletons': False}) to compare the rest")]
+    return []
+
+
+def _fix(setup: Setup, variant: _Variant) -> str:
+    """The variant as arguments that apply as printed: profile=, hyper=, or a profile made by gpwref.profiles.derive."""
+    if variant.reduction is not None and variant.kind == "reduction":
+        return (f"no gpwref setting: the candidate's reduction is the {REDUCTIONS[variant.reduction]}; "
+                "if that is what it should do, compare candidate value * factor (see the note on the factor)")
+    parts = []
+    profile = variant.profile
+    if profile.name in PROFILES and PROFILES[profile.name] == profile:
+        if profile.name != setup.profile.name:
+            parts.append(f"profile={profile.name!r}")
+    else:  # a rule changed: a named profile derived from the current one
+        changed = {k: v for k, v in profile.rules().items() if v != getattr(setup.profile, k)}
+        rules = ", ".join(f"{k}={v!r}" for k, v in changed.items())
+        name = f"{setup.profile.name}-" + "-".join(f"{k}-{v}" for k, v in changed.items())
+        parts.append(f"profile=gpwref.profiles.derive({name!r}, base={setup.profile.name!r}, {rules})")
+    if variant.hyper:
+        parts.append(f"hyper={dict(variant.hyper)!r}")
+    text = ", ".join(parts)
+    if variant.reduction is not None:
+        text += f" (and the candidate's reduction is the {REDUCTIONS[variant.reduction]}: no gpwref setting)"
+    return text
 
 
 def _value_key(value) -> str:
@@ -466,7 +553,10 @@ def explain(setup: Setup, batch: Batch, *, confirm: int = 8, seed: int = 0, comp
         return (-(done / total if total else 1.0), _KIND_ORDER[v.kind], parts, v.label)
 
     agreeing.sort(key=rank)
-    alternatives = [Alternative(v.label, v.kind, dict(v.changes), *confirmed[v]) for v in agreeing]
+    alternatives = [Alternative(v.label, v.kind, dict(v.changes), *confirmed[v], _fix(setup, v)) for v in agreeing]
+    documented = _documented(setup, comparison)
+    tried += 1
+    alternatives = documented + alternatives  # a documented discrepancy of this very loss comes first
     best = next((v for v in agreeing if confirmed[v][0] == confirmed[v][1]), None)
     notes = list(_notes(setup, comparison, checks))
     if comparison.reference is None or output is None:
@@ -734,6 +824,27 @@ def _reduction_note(reference) -> str:
             "(the reference divides by all m, as its profile says)")
 
 
+def _non_finite(output) -> list[str]:
+    """'the candidate returned nan ...' with the rows where it appears (never 'differs by nan')."""
+    notes = []
+    value = np.asarray(output.value, dtype=np.float64)
+    if not np.all(np.isfinite(value)):
+        notes.append(f"the candidate's value is {float(value)!r} (not a number the reference can be compared with)")
+    for name in ("grad_emb", "grad_ref", "per_anchor"):
+        array = getattr(output, name, None)
+        if array is None:
+            continue
+        array = np.asarray(array, dtype=np.float64)
+        bad = ~np.isfinite(array)
+        if bad.any():
+            rows = np.nonzero(bad.reshape(bad.shape[0], -1).any(axis=1))[0].tolist()
+            kinds = sorted({"nan" if np.isnan(v) else "inf" for v in array[bad]})
+            what = {"grad_emb": "dL/dX", "grad_ref": "dL/dref", "per_anchor": "per-anchor contribution"}[name]
+            notes.append(f"the candidate's {what} holds {' and '.join(kinds)} at rows {rows[:16]}"
+                         + (f" ({len(rows)} rows)" if len(rows) > 16 else ""))
+    return notes
+
+
 def _notes(setup: Setup, comparison: Comparison, checks) -> list[str]:
     notes = []
     if comparison.reference_error is not None and comparison.candidate_error is None:
@@ -744,10 +855,13 @@ def _notes(setup: Setup, comparison: Comparison, checks) -> list[str]:
         if isinstance(comparison.candidate_error, TypeError) and comparison.inputs.ref is not None:
             notes.append("this batch has a reference set: the candidate is called with ref=, ref_labels= (and ref_self= "
                          "when set) keywords; draw batches with with_ref=False for a candidate without one")
+    output = comparison.output
+    non_finite = _non_finite(output) if output is not None else []
+    notes.extend(non_finite)
     by_name = {c.name: c for c in checks}
     value = by_name.get("value")
     grads = [c for c in checks if c.name != "value" and c.name != "per_anchor"]
-    if value is not None and not value.ok and grads and all(c.ok for c in grads):
+    if value is not None and not value.ok and grads and all(c.ok for c in grads) and not non_finite:
         notes.append(f"gradients agree but the values differ by {comparison.output.value - comparison.reference.loss:.6g}: "
                      "a term constant in the embeddings (an offset, e.g. S instead of S - lambda, or another constant)")
     if comparison.fd_kinks is not None and comparison.fd_kinks.any():

@@ -12,7 +12,7 @@ the failing batch (the one hypothesis settles on after its shrinking, or the fir
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping
 
 import numpy as np
@@ -48,6 +48,9 @@ class OracleSummary:
     dtype: str  # the dtype the comparisons were judged in (the least precise seen)
     source: str  # "hypothesis", "seeded generator" or "given batches"
     tolerance: Tolerance  # the allowance of that dtype
+    # batches that agreed only with an admissible difference (a stability epsilon, a tie broken the other
+    # way, round-off of S times the loss's slope): its description -> how many batches
+    accepted: Mapping[str, int] = field(default_factory=dict)
 
 
 class _Failed(Exception):
@@ -110,6 +113,7 @@ def assert_loss_matches(
     source, draw = _source(setup, batches, examples, seed)
     framework_name = setup.candidate.detect()
     counts = {"compared": 0, "refused": 0}
+    accepted: dict[str, int] = {}
     seen_dtypes: list[str] = []  # the dtype each compared batch was judged in
     usage_error: list[GpwrefError] = []
 
@@ -128,6 +132,8 @@ def assert_loss_matches(
         else:
             counts["compared"] += 1
             seen_dtypes.append(comparison.output.dtype)
+            if comparison.accepted_as is not None:
+                accepted[comparison.accepted_as] = accepted.get(comparison.accepted_as, 0) + 1
 
     try:
         draw(one)
@@ -147,7 +153,7 @@ def assert_loss_matches(
             "batches={'singletons': False, 'one_class': False}")
     judged = least_precise(*seen_dtypes)
     return OracleSummary(setup.entry.name, setup.profile.name, dict(setup.params), counts["compared"], counts["refused"],
-                         framework_name, judged, source, setup.tolerance(judged, setup.uses_fd()))
+                         framework_name, judged, source, setup.tolerance(judged, setup.uses_fd()), accepted)
 
 
 def explain_mismatch(

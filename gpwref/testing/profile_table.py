@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..catalog import get_entry
 from ..errors import GpwrefError
-from ..profiles import get_profile
+from ..profiles import defaults_name, get_profile
 
 
 def profile_table(loss: str, profiles=None) -> str:
@@ -20,7 +20,7 @@ def profile_table(loss: str, profiles=None) -> str:
         raise GpwrefError("profiles", "must name at least one profile", repr(profiles))
     chosen = [get_profile(name) for name in names]
     for profile in chosen:
-        if profile.name not in entry.defaults:
+        if defaults_name(profile.name) not in entry.defaults:
             raise GpwrefError("profiles", f"loss '{loss}' is defined under {sorted(entry.defaults)}", repr(profile.name))
     lines = ["what | " + " | ".join(p.name for p in chosen), "--- | " + " | ".join("---" for _ in chosen)]
     for key in chosen[0].rules():
@@ -29,9 +29,9 @@ def profile_table(loss: str, profiles=None) -> str:
             lines.append(f"rule {key} | " + " | ".join(str(v) for v in values))
     keys = []
     for p in chosen:
-        keys += [k for k in entry.defaults[p.name] if k not in keys]
+        keys += [k for k in entry.defaults[defaults_name(p.name)] if k not in keys]
     for key in keys:
-        values = [entry.defaults[p.name].get(key, "(absent)") for p in chosen]
+        values = [entry.defaults[defaults_name(p.name)].get(key, "(absent)") for p in chosen]
         if any(v != values[0] for v in values):
             lines.append(f"default {key} | " + " | ".join(str(v) for v in values))
     return "\n".join(lines)

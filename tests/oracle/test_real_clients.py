@@ -1,0 +1,124 @@
+"""Real implementations' conventions, re-expressed here in torch (no code copied), with the verdict each
+must get from the oracle: pass where its conventions are the ones named, fail where they differ.
+
+* open-reid's batch-hard TripletLoss (Cysu/open-reid reid/loss/triplet.py, carried into
+  KaiyangZhou/deep-person-reid torchreid/losses/hard_mine_triplet_loss.py and reid-strong-baseline):
+  d from |x|^2 + |y|^2 - 2 x.y floored at 1e-12 before the square root; the hardest positive is the
+  largest d over the same-label row INCLUDING the anchor itself, the hardest negative the smallest
+  d over the other labels (an empty set raises); MarginRankingLoss(margin 0.3): the mean over all
+  anchors of relu(d_ap - d_an + margin). Fed L2-normalised rows.
+* HobbitLong/SupContrast losses.py SupConLoss with one view, contrast_mode 'all': logits S/tau with
+  the row maximum (self included) subtracted without gradient, the self column masked out, log of
+  the masked sum plus 1e-9, the mean over the positives, times tau/base_tau (0.07/0.07), mean over
+  the anchors; an anchor without a positive divides 0 by 0 (NaN). Fed L2-normalised rows.
+* Spijkervet/SimCLR simclr/modules/nt_xent.py NT_Xent: two views per item, cosine similarity / tau,
+  per row a cross-entropy over (its partner, every other row but itself), summed, divided by 2N.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from gpwref.testing import LossMismatch, assert_loss_matches  # noqa: E402
+
+EXAMPLES = 30
+
+
+def open_reid_batch_hard(X, y, margin=0.3):
+    U = torch.nn.functional.normalize(X, dim=1)
+    sq = (U * U).sum(1)
+    d = torch.sqrt(torch.clamp(sq[:, None] + sq[None, :] - 2 * U @ U.T, min=1e-12))
+    same = y[:, None] == y[None, :]
+    d_ap = torch.stack([d[i][same[i]].max() for i in range(len(y))])
+    d_an = torch.stack([d[i][~same[i]].min() for i in range(len(y))])
+    return torch.relu(d_ap - d_an + margin).mean()
+
+
+OPEN_REID_HYPER = {"mining": "batch_hard", "distance": "euclidean", "margin": 0.3, "reduction": "mean"}
+
+
+def test_open_reid_batch_hard_passes_where_every_anchor_has_a_positive():
+    summary = assert_loss_matches(open_reid_batch_hard, "triplet", profile="paper", hyper=OPEN_REID_HYPER,
+                                  batches={"singletons": False, "one_class": False, "duplicates": False, "m": (4, 16)},
+                                  examples=EXAMPLES)
+    assert summary.compared == EXAMPLES
+
+
+def test_open_reid_batch_hard_fails_on_a_singleton():
+    # a singleton takes itself (d = 1e-6) as its hardest positive and counts in the mean over all m;
+    # gpwref's batch_hard leaves an anchor without a positive out
+    with pytest.raises(LossMismatch) as info:
+        assert_loss_matches(open_reid_batch_hard, "triplet", profile="paper", hyper=OPEN_REID_HYPER,
+                            batches={"singletons": True, "one_class": False, "m": (3, 12)}, examples=EXAMPLES)
+    report = info.value.report
+    labels = report.batch.labels.tolist()
+    singletons = [i for i, c in enumerate(labels) if labels.count(c) == 1]
+    assert singletons  # the failing batch holds a singleton
+    assert report.best is not None and report.best.kind == "documented", str(report)
+    assert "takes itself as its hardest positive" in report.best.label and str(singletons) in report.best.label
+
+
+def supcontrast(X, y, tau=0.07, base_tau=0.07):
+    U = torch.nn.functional.normalize(X, dim=1)
+    logits = U @ U.T / tau
+    logits = logits - logits.max(dim=1, keepdim=True).values.detach()
+    not_self = 1.0 - torch.eye(len(y), dtype=X.dtype)
+    positive = (y[:, None] == y[None, :]).to(X.dtype) * not_self
+    log_prob = logits - torch.log((torch.exp(logits) * not_self).sum(1, keepdim=True) + 1e-9)
+    mean_log_prob_pos = (positive * log_prob).sum(1) / positive.sum(1)
+    return (-(tau / base_tau) * mean_log_prob_pos).mean()
+
+
+SUPCON_HYPER = {"temperature": 0.07, "base_temperature": 0.07, "reduction": "mean", "log_eps": 1e-9}
+
+
+def test_supcontrast_passes_where_every_anchor_has_a_positive():
+    summary = assert_loss_matches(supcontrast, "supcon", profile="paper", hyper=SUPCON_HYPER,
+                                  batches={"singletons": False, "m": (2, 16)}, examples=EXAMPLES)
+    assert summary.compared == EXAMPLES
+
+
+def test_supcontrast_is_nan_on_a_singleton_and_the_report_says_so():
+    with pytest.raises(LossMismatch) as info:
+        assert_loss_matches(supcontrast, "supcon", profile="paper", hyper=SUPCON_HYPER,
+                            batches={"singletons": True, "m": (2, 12)}, examples=EXAMPLES)
+    text = str(info.value.report)
+    assert "the candidate's value is nan" in text and "differ by nan" not in text
+
+
+def simclr_nt_xent(X, y, tau=0.5):
+    """Spijkervet/SimCLR simclr/modules/nt_xent.py NT_Xent: two views per item (here: the two rows of a
+    label), cosine similarities / tau, for each of the 2N rows a cross-entropy whose logits are its
+    partner first and every row but itself and its partner after it; summed and divided by 2N."""
+    labels = y.tolist()
+    partner = torch.tensor([next(j for j in range(len(labels)) if j != i and labels[j] == labels[i])
+                            for i in range(len(labels))])
+    sim = torch.nn.functional.cosine_similarity(X[:, None, :], X[None, :, :], dim=2) / tau
+    rows = torch.arange(len(labels))
+    others = torch.ones_like(sim, dtype=torch.bool)
+    others[rows, rows] = False
+    others[rows, partner] = False
+    logits = torch.cat([sim[rows, partner][:, None], sim[others].reshape(len(labels), -1)], dim=1)
+    target = torch.zeros(len(labels), dtype=torch.long)
+    return torch.nn.functional.cross_entropy(logits, target, reduction="sum") / len(labels)
+
+
+def test_simclr_nt_xent_passes_on_two_views_per_item():
+    summary = assert_loss_matches(simclr_nt_xent, "ntxent", profile="paper", hyper={"temperature": 0.5},
+                                  batches={"pk": ((2, 12), 2)}, examples=EXAMPLES)
+    assert summary.compared == EXAMPLES
+
+
+def test_simclr_nt_xent_against_pml_names_the_temperature():
+    # with two views PML's denominator (the pair's positive and the negatives) is SimCLR's (every row
+    # but the anchor), so at tau = 0.1 under 'pml' only the temperature (0.07 there) differs
+    with pytest.raises(LossMismatch) as info:
+        assert_loss_matches(functools.partial(simclr_nt_xent, tau=0.1), "ntxent", profile="pml",
+                            batches={"pk": ((2, 8), 2)}, examples=EXAMPLES)
+    # (the explainer's further batches are not two-view batches, so "agrees on this batch" is the claim)
+    named = [a for a in info.value.report.alternatives if a.changes == {"temperature": 0.1}]
+    assert named and named[0].fix == "hyper={'temperature': 0.1}"
