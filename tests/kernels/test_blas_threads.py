@@ -16,7 +16,7 @@ import pytest
 
 pytest.importorskip("threadpoolctl")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 PRELUDE = """
 import threading
