@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..common import NotApplicable
+from ._deep_metric import anchor_pairs
 from .contract import LossRefs
 
 
@@ -63,28 +64,13 @@ def deep_metric(X, labels, R, ref_labels, ref_self, normalize, *, alpha, beta, l
     """Deep_Metric BinomialLoss rules without hard mining (see the module docstring), in float64."""
     if alpha != 2.0:
         raise NotApplicable("Deep_Metric hard-codes the positive scale 2 (its alpha is the negative scale)")
-    if R is not None:
-        raise NotApplicable("Deep_Metric's BinomialLoss works on the batch only")
-    if not normalize:
-        raise NotApplicable("Deep_Metric recognises the self pair by S < 1, which needs unit rows")
-    U = torch.nn.functional.normalize(X, dim=1)
-    sim = U @ U.T
-    y = np.asarray(labels)
-    S = sim.detach().numpy()
-    same = y[:, None] == y[None, :]
-    if np.any(np.diag(S) < 1.0):
-        raise NotApplicable("x.x rounds below 1 on some row: Deep_Metric's S < 1 would keep the self pair")
-    if np.any(same & ~np.eye(len(y), dtype=bool) & (S >= 1 - 1e-5)):
-        raise NotApplicable("a same-label pair within 1e-5 of S = 1: Deep_Metric's S < 1 keeps it, the official profile drops it")
     terms = []
-    for i in range(len(y)):
-        pos_pair = sim[i][torch.as_tensor(same[i] & (S[i] < 1))]
-        neg_pair = sim[i][torch.as_tensor(~same[i])]
+    for pos_pair, neg_pair in anchor_pairs(X, labels, R, normalize, "BinomialLoss"):
         if len(pos_pair) == 0 or len(neg_pair) == 0:
             raise ValueError("Deep_Metric's mean over no positive is NaN (an anchor without negatives it skips)")
         terms.append(torch.mean(torch.log(1 + torch.exp(-2 * (pos_pair - lam))))
                      + torch.mean(torch.log(1 + torch.exp(beta * (neg_pair - lam)))))
-    return sum(terms) / len(y)
+    return sum(terms) / len(labels)
 
 
 REFS = LossRefs(

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..common import NotApplicable, rules
+from ._deep_metric import anchor_pairs
 from .contract import LossRefs
 
 
@@ -80,24 +81,8 @@ def loop(S, pos, neg, profile, *, margin):
 
 def deep_metric(X, labels, R, ref_labels, ref_self, normalize, *, margin):
     """Deep_Metric HardMiningLoss rules (see the module docstring), in float64 on normalised rows."""
-    if R is not None:
-        raise NotApplicable("Deep_Metric's HardMiningLoss works on the batch only")
-    if not normalize:
-        raise NotApplicable("Deep_Metric recognises the self pair by S < 1, which needs unit rows")
-    U = torch.nn.functional.normalize(X, dim=1)
-    sim = U @ U.T
-    y = np.asarray(labels)
-    S = sim.detach().numpy()
-    same = y[:, None] == y[None, :]
-    if np.any(np.diag(S) < 1.0):
-        raise NotApplicable("x.x rounds below 1 on some row: Deep_Metric's S < 1 would keep the self pair")
-    off = same & ~np.eye(len(y), dtype=bool)
-    if np.any(off & (S >= 1 - 1e-5)):
-        raise NotApplicable("a same-label pair within 1e-5 of S = 1: Deep_Metric's S < 1 keeps it, the official profile drops it")
     terms = []
-    for i in range(len(y)):
-        pos_ = sim[i][torch.as_tensor(same[i] & (S[i] < 1))]
-        neg_ = sim[i][torch.as_tensor(~same[i])]
+    for pos_, neg_ in anchor_pairs(X, labels, R, normalize, "HardMiningLoss"):
         if len(pos_) == 0 or len(neg_) == 0:
             raise ValueError("Deep_Metric indexes the hardest positive and negative (IndexError on an empty set)")
         low_pos, high_neg = pos_.min(), neg_.max()
@@ -111,7 +96,7 @@ def deep_metric(X, labels, R, ref_labels, ref_self, normalize, *, margin):
         terms.append((1 - pos_kept).mean() + neg_kept.mean())
     if not terms:
         return (X * 0).sum()
-    return sum(terms) / len(y)
+    return sum(terms) / len(labels)
 
 
 REFS = LossRefs(

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..common import NotApplicable, rules
+from ._deep_metric import anchor_pairs
 from .contract import LossRefs
 from .contrastive_ms_mining import _kept
 
@@ -80,23 +81,8 @@ def deep_metric(X, labels, R, ref_labels, ref_self, normalize, *, alpha, beta, m
     """Deep_Metric LiftedStructureLoss rules (see the module docstring), in float64 on normalised rows."""
     if mining_margin not in (None, 0.1):
         raise NotApplicable("Deep_Metric's hard mining hard-codes the margin 0.1")
-    if R is not None:
-        raise NotApplicable("Deep_Metric's LiftedStructureLoss works on the batch only")
-    if not normalize:
-        raise NotApplicable("Deep_Metric recognises the self pair by S < 1, which needs unit rows")
-    U = torch.nn.functional.normalize(X, dim=1)
-    sim = U @ U.T
-    y = np.asarray(labels)
-    S = sim.detach().numpy()
-    same = y[:, None] == y[None, :]
-    if np.any(np.diag(S) < 1.0):
-        raise NotApplicable("x.x rounds below 1 on some row: Deep_Metric's S < 1 would keep the self pair")
-    if np.any(same & ~np.eye(len(y), dtype=bool) & (S >= 1 - 1e-5)):
-        raise NotApplicable("a same-label pair within 1e-5 of S = 1: Deep_Metric's S < 1 keeps it, the official profile drops it")
     terms = []
-    for i in range(len(y)):
-        pos_ = sim[i][torch.as_tensor(same[i] & (S[i] < 1))]
-        neg_ = sim[i][torch.as_tensor(~same[i])]
+    for pos_, neg_ in anchor_pairs(X, labels, R, normalize, "LiftedStructureLoss"):
         if len(pos_) == 0 or len(neg_) == 0:
             raise ValueError("Deep_Metric fails on an anchor without positives (-inf, or an IndexError when mining) "
                              "or negatives (an IndexError when mining)")
@@ -111,7 +97,7 @@ def deep_metric(X, labels, R, ref_labels, ref_self, normalize, *, alpha, beta, m
                      + 2.0 / alpha * torch.log(torch.sum(torch.exp(alpha * neg_pair))))
     if not terms:
         return (X * 0).sum()
-    return sum(terms) / len(y)
+    return sum(terms) / len(labels)
 
 
 REFS = LossRefs(
