@@ -84,7 +84,9 @@ def test_batch_hard_with_a_wrong_margin_still_fails_on_tied_batches():
                             hyper=hyper, batches=DUPLICATE_BATCHES, examples=40)
 
 
-@pytest.mark.parametrize("eps", [1e-12, 1e-8])
+# 1e-12 is left out: on exact duplicates its effect is the size of the round-off of 2 - 2S, and the
+# verdict then depends on the last bits of S (a known false alarm, docs/oracle.md).
+@pytest.mark.parametrize("eps", [1e-8, 1e-6])
 def test_an_epsilon_under_the_square_root_passes_and_is_named(eps):
     hyper = {"mining": "all", "distance": "euclidean", "margin": 0.2, "reduction": "mean"}
     summary = assert_loss_matches(triplet_all(margin=0.2, distance="euclidean", sqrt_eps=eps), "triplet",
