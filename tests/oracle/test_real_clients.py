@@ -13,6 +13,8 @@ must get from the oracle: pass where its conventions are the ones named, fail wh
   the anchors; an anchor without a positive divides 0 by 0 (NaN). Fed L2-normalised rows.
 * Spijkervet/SimCLR simclr/modules/nt_xent.py NT_Xent: two views per item, cosine similarity / tau,
   per row a cross-entropy over (its partner, every other row but itself), summed, divided by 2N.
+* MalongTech/research-xbm ret_benchmark/losses/contrastive_loss.py ContrastiveLoss without its memory
+  bank: positives pulled by 1 - S (self dropped by value), a negative with S > 0.5 adds S itself.
 """
 
 from __future__ import annotations
@@ -122,3 +124,40 @@ def test_simclr_nt_xent_against_pml_names_the_temperature():
     # (the explainer's further batches are not two-view batches, so "agrees on this batch" is the claim)
     named = [a for a in info.value.report.alternatives if a.changes == {"temperature": 0.1}]
     assert named and named[0].fix == "hyper={'temperature': 0.1}"
+
+
+def xbm_contrastive(X, y, margin=0.5):
+    """MalongTech/research-xbm ret_benchmark/losses/contrastive_loss.py ContrastiveLoss (no memory bank):
+    S = U U^T of the (already normalised) rows; per anchor the positives are same-label S < 1 - 1e-5
+    (self dropped by value), each pulled by 1 - S; negatives with S > margin add S; summed over the
+    anchors and divided by the batch size."""
+    U = torch.nn.functional.normalize(X, dim=1)
+    sim = U @ U.T
+    terms = []
+    for i in range(len(y)):
+        pos = sim[i][(y == y[i]) & (sim[i] < 1 - 1e-5)]
+        neg = sim[i][y != y[i]]
+        terms.append((1 - pos).sum() + neg[neg > margin].sum())
+    return sum(terms) / len(y)
+
+
+def test_xbm_contrastive_gradients_pass():
+    # XBM adds a kept negative's S, not S - margin: same gradient as the MS paper's hinge
+    summary = assert_loss_matches(xbm_contrastive, "contrastive", profile="paper", check=("grad_emb",),
+                                  batches={"duplicates": False, "m": (2, 16)}, examples=EXAMPLES)
+    assert summary.compared == EXAMPLES
+
+
+def test_xbm_contrastive_value_fails_by_a_constant_per_kept_negative():
+    # each negative with S > 0.5 adds 0.5 more than [S - 0.5]_+: the report names a constant offset
+    with pytest.raises(LossMismatch) as info:
+        assert_loss_matches(xbm_contrastive, "contrastive", profile="paper",
+                            batches={"duplicates": False, "m": (2, 16)}, examples=EXAMPLES)
+    report = info.value.report
+    U = report.batch.embeddings / (report.batch.embeddings ** 2).sum(1, keepdims=True) ** 0.5
+    labels = report.batch.labels
+    S = U @ U.T
+    kept_negatives = int(((S > 0.5) & (labels[:, None] != labels[None, :])).sum())
+    text = str(report)
+    assert "a term constant in the embeddings" in text and "grad_emb   ok" in text
+    assert f"differ by {0.5 * kept_negatives / len(labels):.6g}" in text
