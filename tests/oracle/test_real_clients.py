@@ -15,6 +15,8 @@ must get from the oracle: pass where its conventions are the ones named, fail wh
   per row a cross-entropy over (its partner, every other row but itself), summed, divided by 2N.
 * MalongTech/research-xbm ret_benchmark/losses/contrastive_loss.py ContrastiveLoss without its memory
   bank: positives pulled by 1 - S (self dropped by value), a negative with S > 0.5 adds S itself.
+* tjddus9597/Proxy-Anchor-CVPR2020 code/losses.py Proxy_Anchor: positive term averaged over the proxies
+  with a positive in the batch, negative term over all proxies.
 """
 
 from __future__ import annotations
@@ -161,3 +163,22 @@ def test_xbm_contrastive_value_fails_by_a_constant_per_kept_negative():
     text = str(report)
     assert "a term constant in the embeddings" in text and "grad_emb   ok" in text
     assert f"differ by {0.5 * kept_negatives / len(labels):.6g}" in text
+
+
+def proxy_anchor_official(X, y, ref, ref_labels, alpha=32.0, mrg=0.1):
+    """tjddus9597/Proxy-Anchor-CVPR2020 code/losses.py Proxy_Anchor: cosines of the normalised rows to
+    the normalised proxies (one per class, proxy c = class c); per proxy log(1 + sum over its positives
+    of exp(-alpha (s - mrg))) averaged over the proxies that have a positive in the batch, plus
+    log(1 + sum over its negatives of exp(alpha (s + mrg))) averaged over all proxies."""
+    cos = torch.nn.functional.normalize(X, dim=1) @ torch.nn.functional.normalize(ref, dim=1).T
+    positive = (y[:, None] == ref_labels[None, :]).to(X.dtype)
+    pos_sum = (positive * torch.exp(-alpha * (cos - mrg))).sum(0)
+    neg_sum = ((1 - positive) * torch.exp(alpha * (cos + mrg))).sum(0)
+    with_positive = int((positive.sum(0) > 0).sum())
+    return torch.log1p(pos_sum).sum() / with_positive + torch.log1p(neg_sum).sum() / len(ref_labels)
+
+
+def test_proxy_anchor_official_passes():
+    summary = assert_loss_matches(proxy_anchor_official, "proxy_anchor", profile="paper",
+                                  batches={"proxies": 1, "m": (2, 16)}, examples=EXAMPLES)
+    assert summary.compared == EXAMPLES
