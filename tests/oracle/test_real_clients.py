@@ -17,6 +17,7 @@ must get from the oracle: pass where its conventions are the ones named, fail wh
   bank: positives pulled by 1 - S (self dropped by value), a negative with S > 0.5 adds S itself.
 * tjddus9597/Proxy-Anchor-CVPR2020 code/losses.py Proxy_Anchor: positive term averaged over the proxies
   with a positive in the batch, negative term over all proxies.
+* JDAI-CV/fast-reid fastreid/modeling/losses/circle_loss.py pairwise_circleloss (m 0.25, gamma 128).
 """
 
 from __future__ import annotations
@@ -181,4 +182,31 @@ def proxy_anchor_official(X, y, ref, ref_labels, alpha=32.0, mrg=0.1):
 def test_proxy_anchor_official_passes():
     summary = assert_loss_matches(proxy_anchor_official, "proxy_anchor", profile="paper",
                                   batches={"proxies": 1, "m": (2, 16)}, examples=EXAMPLES)
+    assert summary.compared == EXAMPLES
+
+
+def fast_reid_circle(X, y, margin=0.25, gamma=128.0):
+    """JDAI-CV/fast-reid fastreid/modeling/losses/circle_loss.py pairwise_circleloss: cosines of the
+    normalised rows; positives = same label but the diagonal, negatives = other labels; factors
+    relu(1 + m - s) and relu(s + m) on detached S; entries outside a set pushed to -1e8 before each
+    logsumexp; torch's softplus (threshold 20) of the sum, mean over the anchors."""
+    U = torch.nn.functional.normalize(X, dim=1)
+    S = U @ U.T
+    eye = torch.eye(len(y), dtype=X.dtype)
+    is_pos = (y[:, None] == y[None, :]).to(X.dtype) - eye
+    is_neg = (y[:, None] != y[None, :]).to(X.dtype)
+    s_p, s_n = S * is_pos, S * is_neg
+    alpha_p = torch.clamp_min(1 + margin - s_p.detach(), 0)
+    alpha_n = torch.clamp_min(s_n.detach() + margin, 0)
+    logit_p = -gamma * alpha_p * (s_p - (1 - margin)) - 1e8 * (1 - is_pos)
+    logit_n = gamma * alpha_n * (s_n - margin) - 1e8 * (1 - is_neg)
+    return torch.nn.functional.softplus(torch.logsumexp(logit_p, 1) + torch.logsumexp(logit_n, 1)).mean()
+
+
+FAST_REID_CIRCLE_HYPER = {"m": 0.25, "gamma": 128.0, "reduction": "mean", "softplus_threshold": 20.0}
+
+
+def test_fast_reid_circle_passes():
+    summary = assert_loss_matches(fast_reid_circle, "circle", profile="paper", hyper=FAST_REID_CIRCLE_HYPER,
+                                  batches={"m": (2, 16)}, examples=EXAMPLES)
     assert summary.compared == EXAMPLES
