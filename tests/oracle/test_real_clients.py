@@ -17,7 +17,8 @@ must get from the oracle: pass where its conventions are the ones named, fail wh
   bank: positives pulled by 1 - S (self dropped by value), a negative with S > 0.5 adds S itself.
 * tjddus9597/Proxy-Anchor-CVPR2020 code/losses.py Proxy_Anchor: positive term averaged over the proxies
   with a positive in the batch, negative term over all proxies.
-* JDAI-CV/fast-reid fastreid/modeling/losses/circle_loss.py pairwise_circleloss (m 0.25, gamma 128).
+* JDAI-CV/fast-reid fastreid/modeling/losses/circle_loss.py pairwise_circleloss (m 0.25, gamma 128)
+  and pairwise_cosface (margin 0.25, gamma 128).
 """
 
 from __future__ import annotations
@@ -209,4 +210,23 @@ FAST_REID_CIRCLE_HYPER = {"m": 0.25, "gamma": 128.0, "reduction": "mean", "softp
 def test_fast_reid_circle_passes():
     summary = assert_loss_matches(fast_reid_circle, "circle", profile="paper", hyper=FAST_REID_CIRCLE_HYPER,
                                   batches={"m": (2, 16)}, examples=EXAMPLES)
+    assert summary.compared == EXAMPLES
+
+
+def fast_reid_pairwise_cosface(X, y, margin=0.25, gamma=128.0):
+    """JDAI-CV/fast-reid fastreid/modeling/losses/circle_loss.py pairwise_cosface: the same masks as
+    pairwise_circleloss, logits -gamma s_p and gamma (s_n + margin), softplus of the two logsumexps'
+    sum, mean over the anchors."""
+    U = torch.nn.functional.normalize(X, dim=1)
+    S = U @ U.T
+    is_pos = (y[:, None] == y[None, :]).to(X.dtype) - torch.eye(len(y), dtype=X.dtype)
+    is_neg = (y[:, None] != y[None, :]).to(X.dtype)
+    logit_p = -gamma * S * is_pos - 1e8 * (1 - is_pos)
+    logit_n = gamma * (S * is_neg + margin) - 1e8 * (1 - is_neg)
+    return torch.nn.functional.softplus(torch.logsumexp(logit_p, 1) + torch.logsumexp(logit_n, 1)).mean()
+
+
+def test_fast_reid_pairwise_cosface_passes_with_torch_softplus_threshold():
+    summary = assert_loss_matches(fast_reid_pairwise_cosface, "pairwise_cosface", profile="paper",
+                                  hyper={"softplus_threshold": 20.0}, batches={"m": (2, 16)}, examples=EXAMPLES)
     assert summary.compared == EXAMPLES
