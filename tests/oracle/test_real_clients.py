@@ -19,6 +19,8 @@ must get from the oracle: pass where its conventions are the ones named, fail wh
   with a positive in the batch, negative term over all proxies.
 * JDAI-CV/fast-reid fastreid/modeling/losses/circle_loss.py pairwise_circleloss (m 0.25, gamma 128)
   and pairwise_cosface (margin 0.25, gamma 128).
+* Andrew-Brown1/Smooth_AP src/Smooth_AP_loss.py SmoothAP: equal class groups, the query ranked in its
+  own list, the sigmoid's exponent clamped at 50.
 """
 
 from __future__ import annotations
@@ -230,3 +232,55 @@ def test_fast_reid_pairwise_cosface_passes_with_torch_softplus_threshold():
     summary = assert_loss_matches(fast_reid_pairwise_cosface, "pairwise_cosface", profile="paper",
                                   hyper={"softplus_threshold": 20.0}, batches={"m": (2, 16)}, examples=EXAMPLES)
     assert summary.compared == EXAMPLES
+
+
+def smooth_ap_official(X, y, anneal=0.01):
+    """Andrew-Brown1/Smooth_AP src/Smooth_AP_loss.py SmoothAP: the batch as equal class groups (here:
+    rows sorted by label); sigmoid with its exponent -x/anneal clamped to [-50, 50]; for query i and
+    item j, rank over the whole batch 1 + sum_{k != j} sig(S_ik - S_ij) and the same over i's group
+    (the query itself included in both); 1 - sum over queries and group items of the ratio / group /
+    batch size."""
+    order = torch.argsort(y, stable=True)
+    U = torch.nn.functional.normalize(X[order], dim=1)
+    m = len(y)
+    group = int((y == y[0]).sum())
+    num_id = m // group
+
+    def sig(x):
+        return 1.0 / (1.0 + torch.exp(torch.clamp(-x / anneal, -50, 50)))
+
+    def ranks(S):  # S[..., q, j]: 1 + sum over k != j of sig(S_qk - S_qj)
+        diff = S[..., :, None, :] - S[..., :, :, None]
+        not_j = 1.0 - torch.eye(S.shape[-1], dtype=S.dtype)
+        return 1 + (sig(diff) * not_j).sum(-1)
+
+    all_rk = ranks(U @ U.T)
+    G = U.reshape(num_id, group, -1)
+    pos_rk = ranks(G @ G.transpose(1, 2))
+    ap = 0
+    for c in range(num_id):
+        block = slice(c * group, (c + 1) * group)
+        ap = ap + (pos_rk[c] / all_rk[block, block]).sum() / group / m
+    return 1 - ap
+
+
+SMOOTH_AP_OFFICIAL_HYPER = {"temperature": 0.01, "include_query": True, "sigmoid_clamp": 50.0}
+
+
+def test_smooth_ap_official_passes_on_equal_class_groups():
+    summary = assert_loss_matches(smooth_ap_official, "smooth_ap", profile="paper", hyper=SMOOTH_AP_OFFICIAL_HYPER,
+                                  batches={"pk": ((2, 4), (2, 4))}, examples=EXAMPLES)
+    assert summary.compared == EXAMPLES
+
+
+def test_smooth_ap_official_under_paper_names_include_query_on_equal_class_groups():
+    # the official code ranks the query in its own list; it only accepts equal class groups, so the
+    # explainer's further batches must be drawn with the caller's pk knob to confirm the suggestion
+    with pytest.raises(LossMismatch) as info:
+        assert_loss_matches(smooth_ap_official, "smooth_ap", profile="paper",
+                            hyper={"temperature": 0.01, "sigmoid_clamp": 50.0},
+                            batches={"pk": ((2, 4), (2, 4))}, examples=EXAMPLES)
+    report = info.value.report
+    named = [a for a in report.alternatives if a.changes == {"include_query": True}]
+    assert named and named[0].confirmed == named[0].confirm_tried == 8, str(report)
+    assert report.best is not None  # profile 'pml' (include_query, unclamped sigmoid) is simpler and agrees too
