@@ -508,7 +508,9 @@ def _solve_ref(setup: Setup, lifted: Inputs, output, reference) -> "_PairWeights
 # The report
 
 
-def explain(setup: Setup, batch: Batch, *, confirm: int = 8, seed: int = 0, comparison: Comparison | None = None) -> MismatchReport:
+def explain(setup: Setup, batch: Batch, *, confirm: int = 8, seed: int = 0, comparison: Comparison | None = None,
+            knobs: dict | None = None) -> MismatchReport:
+    """``knobs``: the caller's strategy knobs (``make_batch`` arguments); the further batches are then drawn with them."""
     comparison = comparison or setup.compare(batch)
     output = comparison.output
     checks = _checks(comparison)
@@ -533,7 +535,7 @@ def explain(setup: Setup, batch: Batch, *, confirm: int = 8, seed: int = 0, comp
 
     def tally(variants):
         if variants and not further:
-            further.extend(_further_batches(setup, batch, confirm, seed))
+            further.extend(_further_batches(setup, batch, confirm, seed, knobs))
         return _tally(setup, variants, further)
 
     confirmed = tally(agreeing)
@@ -619,8 +621,12 @@ def _checks(comparison: Comparison) -> tuple[Check, ...]:
     return tuple(rows)
 
 
-def _further_batches(setup: Setup, batch: Batch, count: int, seed: int) -> list[Comparison]:
-    """``count`` further comparisons: half with the failing batch's edge cases and size, half general."""
+def _further_batches(setup: Setup, batch: Batch, count: int, seed: int, caller_knobs: dict | None = None) -> list[Comparison]:
+    """``count`` further comparisons: half with the failing batch's edge cases and size, half general;
+    with the caller's knobs, half those knobs plus the failing batch's edge cases, half those knobs alone
+    (a candidate that only accepts, say, equal class groups is never judged on other batches)."""
+    if caller_knobs is not None:
+        return _further_batches_with(setup, batch, count, seed, caller_knobs)
     knobs = {case: True for case in batch.cases if case in _KNOBS}
     knobs["with_ref"] = batch.ref is not None
     if batch.ref is None:
@@ -644,6 +650,24 @@ def _further_batches(setup: Setup, batch: Batch, count: int, seed: int) -> list[
         except GpwrefError:
             continue
         if extra.ref is not None and not setup.entry.supports_ref:
+            continue
+        comparisons.append(setup.compare(extra))
+    return comparisons
+
+
+def _further_batches_with(setup: Setup, batch: Batch, count: int, seed: int, caller_knobs: dict) -> list[Comparison]:
+    edge = {case: True for case in batch.cases if case in _KNOBS and case not in caller_knobs}
+    comparisons = []
+    for k in range(count):
+        rng = np.random.default_rng([seed, 7919, k])
+        extra = None
+        for knobs in ([{**caller_knobs, **edge}] if k % 2 == 0 and edge else []) + [caller_knobs]:
+            try:
+                extra = make_batch(rng, **knobs)
+                break
+            except GpwrefError:  # the edge cases cannot be combined with the caller's knobs
+                continue
+        if extra is None or (extra.ref is not None and not setup.entry.supports_ref):
             continue
         comparisons.append(setup.compare(extra))
     return comparisons

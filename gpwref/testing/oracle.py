@@ -111,6 +111,7 @@ def assert_loss_matches(
         if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "examples" else 0):
             raise GpwrefError(name, "must be an int >= " + ("1" if name == "examples" else "0"), repr(value))
     source, draw = _source(setup, batches, examples, seed)
+    caller_knobs = _caller_knobs(setup, batches)  # the explainer's further batches are drawn with them
     framework_name = setup.candidate.detect()
     counts = {"compared": 0, "refused": 0}
     accepted: dict[str, int] = {}
@@ -138,12 +139,12 @@ def assert_loss_matches(
     try:
         draw(one)
     except _Failed as failure:
-        raise LossMismatch(explain(setup, failure.batch, confirm=confirm, seed=seed)) from None
+        raise LossMismatch(explain(setup, failure.batch, confirm=confirm, seed=seed, knobs=caller_knobs)) from None
     except BaseException as error:  # hypothesis may wrap the failure in an ExceptionGroup
         failure = _find_failure(error)
         if failure is None:
             raise
-        raise LossMismatch(explain(setup, failure.batch, confirm=confirm, seed=seed)) from None
+        raise LossMismatch(explain(setup, failure.batch, confirm=confirm, seed=seed, knobs=caller_knobs)) from None
     if usage_error:
         raise usage_error[0]
     if counts["compared"] == 0:
@@ -204,6 +205,23 @@ def _default_knobs(setup: Setup) -> dict:
     return {"with_ref": False, "m": (1, 12), "normalize": setup.normalize}
 
 
+def _caller_knobs(setup: Setup, batches) -> dict | None:
+    """The strategy knobs resolved from a ``batches`` mapping (the defaults with the caller's on top), else None."""
+    if not isinstance(batches, Mapping):
+        return None
+    knobs = _default_knobs(setup)
+    unknown = [k for k in batches if k not in _STRATEGY_KEYS]
+    if unknown:
+        raise GpwrefError("batches", f"knobs must be among {list(_STRATEGY_KEYS)}", repr(unknown))
+    if batches.get("with_ref") is False or batches.get("ref_includes_batch") or "pk" in batches:
+        knobs.pop("proxies", None)  # the caller's own reference-set choice
+    if "pk" in batches:
+        knobs.pop("m", None)
+    knobs.update(batches)
+    knobs["normalize"] = setup.normalize if knobs.get("normalize") is None else knobs["normalize"]
+    return knobs
+
+
 def _source(setup: Setup, batches, examples: int, seed: int):
     """(source name, draw(callback)) for the ``batches`` argument."""
     if isinstance(batches, Batch):
@@ -218,17 +236,7 @@ def _source(setup: Setup, batches, examples: int, seed: int):
             return "hypothesis", _hypothesis_draw(st.one_of(*(batch_strategy(**k) for k in mixes)), examples, seed)
         return "seeded generator", _seeded_draw(mixes, examples, seed)
     if batches is None or isinstance(batches, Mapping):
-        knobs = _default_knobs(setup)
-        if batches is not None:
-            unknown = [k for k in batches if k not in _STRATEGY_KEYS]
-            if unknown:
-                raise GpwrefError("batches", f"knobs must be among {list(_STRATEGY_KEYS)}", repr(unknown))
-            if batches.get("with_ref") is False or batches.get("ref_includes_batch") or "pk" in batches:
-                knobs.pop("proxies", None)  # the caller's own reference-set choice
-            if "pk" in batches:
-                knobs.pop("m", None)
-            knobs.update(batches)
-            knobs["normalize"] = setup.normalize if knobs.get("normalize") is None else knobs["normalize"]
+        knobs = _caller_knobs(setup, batches) or _default_knobs(setup)
         make_batch(np.random.default_rng(0), **knobs)  # validates the knobs now
         if _hypothesis_usable():
             return "hypothesis", _hypothesis_draw(batch_strategy(**knobs), examples, seed)
