@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..common import NotApplicable, rules
+from ._fast_reid import batch_masks
 from .contract import LossRefs
 
 
@@ -142,16 +143,7 @@ def fast_reid(X, labels, R, ref_labels, ref_self, normalize, *, m, gamma, reduct
     """
     if (reduction, detach_factors, softplus_threshold) != ("mean", True, 20.0):
         raise NotApplicable("fast-reid's circle loss is reduction='mean', detached factors, torch Softplus (threshold 20)")
-    if R is not None:
-        raise NotApplicable("fast-reid's pairwise_circleloss works on the batch only")
-    if not normalize:
-        raise NotApplicable("fast-reid's pairwise_circleloss normalises rows itself")
-    unit = F.normalize(X, dim=1)
-    sim = unit @ unit.T
-    y = torch.as_tensor(np.asarray(labels))
-    same = (y[:, None] == y[None, :]).to(sim.dtype)
-    is_pos = same - torch.eye(len(y), dtype=sim.dtype)
-    is_neg = 1.0 - same
+    sim, is_pos, is_neg = batch_masks(X, labels, R, normalize, "pairwise_circleloss")
     s_pos, s_neg = sim * is_pos, sim * is_neg
     a_pos = torch.clamp_min(1 + m - s_pos.detach(), 0.0)
     a_neg = torch.clamp_min(s_neg.detach() + m, 0.0)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..common import NotApplicable
+from ._fast_reid import batch_masks
 from .contract import LossRefs
 
 
@@ -67,16 +68,7 @@ def fast_reid(X, labels, R, ref_labels, ref_self, normalize, *, gamma, margin, s
     """fast-reid ``pairwise_cosface`` rules (see the module docstring), in float64."""
     if softplus_threshold != 20.0:
         raise NotApplicable("fast-reid calls torch's F.softplus (linear above 20): softplus_threshold=20")
-    if R is not None:
-        raise NotApplicable("fast-reid's pairwise_cosface works on the batch only")
-    if not normalize:
-        raise NotApplicable("fast-reid's pairwise_cosface normalises rows itself")
-    unit = F.normalize(X, dim=1)
-    sim = unit @ unit.T
-    y = torch.as_tensor(np.asarray(labels))
-    same = (y[:, None] == y[None, :]).to(sim.dtype)
-    is_pos = same - torch.eye(len(y), dtype=sim.dtype)
-    is_neg = 1.0 - same
+    sim, is_pos, is_neg = batch_masks(X, labels, R, normalize, "pairwise_cosface")
     outside = -99999999.0
     logit_pos = -gamma * (sim * is_pos) + outside * (1 - is_pos)
     logit_neg = gamma * (sim * is_neg + margin) + outside * (1 - is_neg)
